@@ -1,0 +1,218 @@
+"""Typed run configuration: dataclass defaults <- one YAML file <- `key=value` command-line overrides.
+
+Unknown keys, wrong types and values outside a `Literal` fail at once with the dotted key, what was
+given and what is allowed. `Literal[...]` fields are the options of ../shared/METHOD.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DatasetConfig:
+    shards: str = ""  # shard directory with manifest.json (tools/make_shards.py output)
+    backbone: Literal["x3d_tiny", "x3d_xs", "x3d_s", "x3d_m", "slow_r50"] = "x3d_tiny"
+    weights: str = ""  # optional local checkpoint for the backbone (pytorchvideo state dict)
+    hflip: Literal["auto", "on", "off"] = "auto"  # auto: on unless the manifest says flip changes labels
+    time_reversal: Literal["auto", "on", "off"] = "auto"  # auto: off unless the manifest says it is safe
+    loss_weight: float = 1.0  # per-dataset weight on all of its loss terms
+
+
+@dataclass
+class ClipConfig:
+    frames: int = 8
+    stride: int = 2
+    crop_size: int = 32
+    test_clips: int = 3  # temporal views of the multi-view test
+    test_crops: int = 1  # spatial views of the multi-view test (1 or 3)
+    min_scale: float = 0.35  # random resized crop: smallest area fraction
+
+
+@dataclass
+class DataConfig:
+    loader: Literal["auto", "dali", "torch"] = "auto"  # auto: DALI on a GPU, torch on CPU
+    labelled_batch_size: int = 16
+    unlabelled_batch_size: int = 16
+    eval_batch_size: int = 16
+    num_workers: int = 1  # per stream (torch loader)
+    strong_view: bool = False  # weak view for the teacher, strong view for the student
+
+
+@dataclass
+class ModelConfig:
+    norm: Literal["batchnorm", "groupnorm"] = "batchnorm"
+    # BatchNorm trap (METHOD 1b): foreign clips pass a backbone with BN in eval mode, so they never
+    # update its running statistics.
+    foreign_bn: Literal["frozen_stats", "train"] = "frozen_stats"
+
+
+@dataclass
+class ExpertsConfig:
+    epochs: int = 40
+    steps_per_epoch: int = 0  # 0: one pass over the labelled split
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 10  # epochs without a better val top-1 before stopping
+
+
+@dataclass
+class JediConfig:
+    epochs: int = 15
+    steps_per_epoch: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    teacher_inputs: Literal["all", "own"] = "all"  # own = the plain self-training control
+    teacher_init: Literal["expert", "fit"] = "expert"  # fit: logistic regression on labelled features
+    distillation: Literal["soft", "hard"] = "soft"
+    temperature: float = 1.0
+    threshold: float = 0.8  # hard pseudo-labels: minimum teacher confidence
+    distill_weight: float = 1.0  # lambda
+    foreign_grad_scale: float = 1.0  # gradient of teacher losses into backbones j != d; 0 freezes
+    foreign_grad_warmup_steps: int = 0  # foreign path closed for this many steps
+    run_control: bool = True  # also train the self-training control with the same schedule
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    stage: Literal["experts", "jedi", "eval", "all"] = "all"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 10
+    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    jedi: JediConfig = field(default_factory=JediConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+        return value
+    if origin is dict:
+        _, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {name: _coerce(item, value_type, f"{key}.{name}") for name, item in value.items()}
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {annotation.__name__} fields, got {value!r}")
+        return build(annotation, value, prefix=f"{key}.")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}={value!r} must be a boolean (true/false)")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} must be an integer") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} must be a number") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return "" if value is None else str(value)
+    raise ConfigError(f"{key}: unsupported config type {annotation}")
+
+
+def build(cls: type, values: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (nested) mapping, rejecting unknown keys with the valid list."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; valid keys under "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, raw_value: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a section")
+    node[leaf] = yaml.safe_load(raw_value) if raw_value != "" else ""
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """YAML file (optional) then `a.b=value` overrides, validated into a RunConfig."""
+    tree: dict = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. jedi.epochs=5)")
+        key, raw_value = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw_value)
+    config = build(RunConfig, tree)
+    if not config.datasets:
+        raise ConfigError("datasets is empty: name at least one dataset with its shards directory")
+    for name, dataset in config.datasets.items():
+        if not dataset.shards:
+            raise ConfigError(f"datasets.{name}.shards is not set: give the shard directory of {name}")
+    return config
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def describe_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """One line per settable key with its type and default, for --help."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        annotation = hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            lines += describe_keys(annotation, prefix + f.name + ".")
+        elif typing.get_origin(annotation) is dict:
+            lines.append(f"  {prefix}{f.name}.<dataset>.<key>  (per dataset: "
+                         + ", ".join(x.name for x in dataclasses.fields(DatasetConfig)) + ")")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else ""
+            kind = ("|".join(map(str, typing.get_args(annotation))) if typing.get_origin(annotation) is Literal
+                    else getattr(annotation, "__name__", str(annotation)))
+            lines.append(f"  {prefix}{f.name}={default!s}  ({kind})")
+    return lines
+

@@ -1,0 +1,145 @@
+"""The JEDI model: per-dataset students (backbone f_d + head h_d) and teachers g_d on the concatenated
+features z(x) = concat(f_1(x), ..., f_N(x)). Read it next to ../shared/METHOD.md section 1.
+
+`JediModel.forward` computes the whole joint step, so one DDP wrapper (through Accelerate) covers it:
+every clip goes through every backbone once, and each loss term keeps the name the method gives it.
+With `teacher_inputs="own"` the same code is the plain self-training control (teacher reads f_d only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jedi_train.losses import hard_distillation, scale_gradient, soft_distillation
+from jedi_train.models import VideoBackbone, frozen_batchnorm_stats
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    distillation: str = "soft"  # soft | hard
+    temperature: float = 1.0
+    threshold: float = 0.8
+    distill_weight: float = 1.0  # lambda
+    freeze_foreign_bn_stats: bool = True
+
+
+class JediModel(nn.Module):
+    def __init__(self, backbones: dict[str, VideoBackbone], num_classes: dict[str, int],
+                 teacher_inputs: str = "all", settings: DistillSettings = DistillSettings(),
+                 loss_weights: dict[str, float] | None = None):
+        super().__init__()
+        if teacher_inputs not in ("all", "own"):
+            raise ValueError(f"teacher_inputs={teacher_inputs!r}: allowed values are all, own")
+        self.names = list(backbones)
+        self.teacher_inputs = teacher_inputs
+        self.settings = settings
+        self.loss_weights = loss_weights or {name: 1.0 for name in self.names}
+        self.backbones = nn.ModuleDict(backbones)
+        self.student_heads = nn.ModuleDict(
+            {d: nn.Linear(backbones[d].feature_dim, num_classes[d]) for d in self.names})
+        self.teacher_heads = nn.ModuleDict(
+            {d: nn.Linear(sum(backbones[j].feature_dim for j in self.teacher_sources(d)), num_classes[d])
+             for d in self.names})
+
+    def teacher_sources(self, d: str) -> list[str]:
+        """Backbones whose features the teacher of dataset d reads, in concatenation order."""
+        return list(self.names) if self.teacher_inputs == "all" else [d]
+
+    @torch.no_grad()
+    def init_teachers_from_students(self) -> None:
+        """T_d = E_d at step 0: the block of g_d that reads f_d is h_d, the other blocks are zero."""
+        for d in self.names:
+            teacher = self.teacher_heads[d]
+            teacher.weight.zero_()
+            offset = 0
+            for j in self.teacher_sources(d):
+                width = self.backbones[j].feature_dim
+                if j == d:
+                    teacher.weight[:, offset:offset + width] = self.student_heads[d].weight
+                offset += width
+            teacher.bias.copy_(self.student_heads[d].bias)
+
+    # ----- inference -------------------------------------------------------------------------------
+    def student_logits(self, d: str, clips: torch.Tensor) -> torch.Tensor:
+        return self.student_heads[d](self.backbones[d](clips))
+
+    def teacher_logits(self, d: str, clips: torch.Tensor) -> torch.Tensor:
+        features = [self.backbones[j](clips) for j in self.teacher_sources(d)]
+        return self.teacher_heads[d](torch.cat(features, dim=1))
+
+    # ----- the joint step ---------------------------------------------------------------------------
+    def forward(self, labelled_clips: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+                unlabelled_clips: dict[str, torch.Tensor], unlabelled_student_clips: dict[str, torch.Tensor] | None = None,
+                unlabelled_true_labels: dict[str, torch.Tensor] | None = None, foreign_grad_scale: float = 1.0
+                ) -> dict[str, torch.Tensor]:
+        """All inputs are float clips [B,3,T,H,W] keyed by dataset. `unlabelled_student_clips` is the
+        strong view (None: the student sees the teacher's view). `unlabelled_true_labels` only feeds
+        the pseudo-label precision diagnostic. Returns the total loss, each term per dataset, and
+        diagnostics (detached)."""
+        strong = unlabelled_student_clips is not None
+        student_view = unlabelled_student_clips if strong else unlabelled_clips
+        # features[(j, d, part)]: backbone j on dataset d's clips; part L = labelled, U = teacher view
+        features: dict[tuple[str, str, str], torch.Tensor] = {}
+        student_unlabelled_features: dict[str, torch.Tensor] = {}
+        freeze = self.settings.freeze_foreign_bn_stats
+        for j in self.names:
+            backbone = self.backbones[j]
+            # own clips, BatchNorm in training mode: labelled + the student's view of unlabelled
+            own = backbone(torch.cat([labelled_clips[j], student_view[j]]))
+            n_labelled = labelled_clips[j].shape[0]
+            features[(j, j, "L")] = own[:n_labelled]
+            student_unlabelled_features[j] = own[n_labelled:]
+            if strong:
+                with torch.no_grad(), frozen_batchnorm_stats(backbone, freeze):
+                    features[(j, j, "U")] = backbone(unlabelled_clips[j])
+            else:
+                features[(j, j, "U")] = own[n_labelled:].detach()
+            foreign = [d for d in self.names if d != j and j in self.teacher_sources(d)]
+            if not foreign:
+                continue
+            # other datasets' clips: never update this backbone's BatchNorm statistics
+            with frozen_batchnorm_stats(backbone, freeze):
+                with torch.set_grad_enabled(torch.is_grad_enabled() and foreign_grad_scale != 0.0):
+                    foreign_labelled = backbone(torch.cat([labelled_clips[d] for d in foreign]))
+                with torch.no_grad():
+                    foreign_unlabelled = backbone(torch.cat([unlabelled_clips[d] for d in foreign]))
+            foreign_labelled = scale_gradient(foreign_labelled, foreign_grad_scale)
+            for d, part_l, part_u in zip(foreign,
+                                         foreign_labelled.split([labelled_clips[d].shape[0] for d in foreign]),
+                                         foreign_unlabelled.split([unlabelled_clips[d].shape[0] for d in foreign])):
+                features[(j, d, "L")] = part_l
+                features[(j, d, "U")] = part_u
+
+        out: dict[str, torch.Tensor] = {}
+        total = 0.0
+        s = self.settings
+        for d in self.names:
+            sources = self.teacher_sources(d)
+            student_labelled_logits = self.student_heads[d](features[(d, d, "L")])
+            teacher_labelled_logits = self.teacher_heads[d](torch.cat([features[(j, d, "L")] for j in sources], 1))
+            sup_student = F.cross_entropy(student_labelled_logits, labels[d])
+            sup_teacher = F.cross_entropy(teacher_labelled_logits, labels[d])
+            with torch.no_grad():
+                teacher_unlabelled_logits = self.teacher_heads[d](
+                    torch.cat([features[(j, d, "U")] for j in sources], 1))
+            student_unlabelled_logits = self.student_heads[d](student_unlabelled_features[d])
+            if s.distillation == "soft":
+                dist = soft_distillation(student_unlabelled_logits, teacher_unlabelled_logits, s.temperature)
+                mask = torch.ones(teacher_unlabelled_logits.shape[0], dtype=torch.bool,
+                                  device=teacher_unlabelled_logits.device)
+            else:
+                dist, mask = hard_distillation(student_unlabelled_logits, teacher_unlabelled_logits, s.threshold)
+            total = total + self.loss_weights[d] * (sup_student + sup_teacher + s.distill_weight * dist)
+            out[f"{d}/sup_student"] = sup_student.detach()
+            out[f"{d}/sup_teacher"] = sup_teacher.detach()
+            out[f"{d}/dist"] = dist.detach()
+            out[f"{d}/pseudo_label_rate"] = mask.float().mean()
+            if unlabelled_true_labels is not None:
+                correct = teacher_unlabelled_logits.argmax(1) == unlabelled_true_labels[d]
+                out[f"{d}/pseudo_label_precision"] = (
+                    (correct & mask).float().sum() / mask.float().sum().clamp(min=1.0))
+        out["loss"] = total
+        return out

@@ -1,0 +1,85 @@
+"""Entry point: `accelerate launch jedi_train/run.py --config configs/<name>.yaml [key=value ...]`.
+
+Stages: experts -> jedi (JEDI and the self-training control) -> eval; `stage=all` runs them in order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by `accelerate launch jedi_train/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import ProjectConfiguration, set_seed  # noqa: E402
+
+from jedi_train.config import ConfigError, describe_keys, load_config, to_dict  # noqa: E402
+from jedi_train.data import Streams, dataset_infos  # noqa: E402
+from jedi_train.report import evaluate_all, write_report  # noqa: E402
+from jedi_train.train_experts import train_experts  # noqa: E402
+from jedi_train.train_jedi import train_jedi  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train JEDI (joint expert distillation) on WebDataset video shards.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in the YAML file or as key=value overrides):\n" + "\n".join(describe_keys()))
+    parser.add_argument("--config", help="YAML experiment file under configs/ (its header says how to launch it)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage=jedi jedi.epochs=5 seed=1")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        run_dir = config.run_dir
+        accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard",
+                                  project_config=ProjectConfiguration(project_dir=str(run_dir),
+                                                                      logging_dir=str(run_dir / "tensorboard")))
+        infos = dataset_infos(config)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    set_seed(config.seed)
+    accelerator.init_trackers("jedi", config={k: v for k, v in _flat(to_dict(config)).items()})
+    streams = Streams(config, infos, accelerator.process_index, accelerator.num_processes, accelerator.device)
+    accelerator.print(f"run {config.name} | {accelerator.num_processes} process(es) on {accelerator.device} | "
+                      f"loader {streams.kind} | datasets {', '.join(infos)}")
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    summary = {}
+    if config.stage in ("experts", "all"):
+        summary["experts_val"] = train_experts(config, accelerator, streams, infos)
+    if config.stage in ("jedi", "all"):
+        summary["jedi_val"] = train_jedi(config, accelerator, streams, infos, "jedi")
+        if config.jedi.run_control:
+            set_seed(config.seed)
+            summary["self_training_val"] = train_jedi(config, accelerator, streams, infos, "self_training")
+    if config.stage in ("eval", "all"):
+        metrics = evaluate_all(config, accelerator, streams, infos)
+        if accelerator.is_main_process:
+            table = write_report(config, metrics, {"config": to_dict(config), "seed": config.seed,
+                                                   "processes": accelerator.num_processes, **summary})
+            print(table)
+            print(f"\nwrote {run_dir / 'metrics.json'} and {run_dir / 'results.png'}")
+    accelerator.end_training()
+    return 0
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

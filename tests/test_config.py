@@ -1,0 +1,52 @@
+"""Config files + overrides: wrong input names the key and what is allowed."""
+import pytest
+
+from jedi_train.config import ConfigError, load_config
+from jedi_train.run import main
+
+BASE = ["datasets.ucf.shards=shards/ucf"]
+
+
+def test_overrides_are_typed():
+    config = load_config(None, BASE + ["jedi.epochs=3", "jedi.temperature=2", "data.strong_view=true",
+                                       "datasets.ucf.backbone=x3d_xs"])
+    assert config.jedi.epochs == 3 and isinstance(config.jedi.epochs, int)
+    assert config.jedi.temperature == 2.0 and config.data.strong_view is True
+    assert config.datasets["ucf"].backbone == "x3d_xs"
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: exp\njedi:\n  epochs: 4\ndatasets:\n  ucf: {shards: s/ucf}\n")
+    config = load_config(path, ["jedi.epochs=7"])
+    assert config.name == "exp" and config.jedi.epochs == 7
+
+
+@pytest.mark.parametrize("override, words", [
+    (["jedi.epoch=3"], ["jedi.epoch", "valid keys under jedi", "epochs"]),
+    (["jedi.distillation=medium"], ["jedi.distillation='medium'", "soft, hard"]),
+    (["jedi.epochs=three"], ["jedi.epochs", "integer"]),
+    (["datasets.ucf.backbone=resnet9"], ["datasets.ucf.backbone", "x3d_tiny"]),
+    (["stage=train"], ["stage", "experts, jedi, eval, all"]),
+    (["loader=dali"], ["unknown config key loader", "valid keys under the top level"]),
+])
+def test_bad_values_name_key_and_allowed(override, words):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, BASE + override)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_missing_shards_is_a_clear_error(tmp_path, capsys):
+    code = main([f"datasets.ucf.shards={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "datasets.ucf.shards" in err and "manifest.json" in err
+
+
+def test_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for key in ("jedi.teacher_inputs", "jedi.foreign_grad_scale", "data.loader", "model.foreign_bn", "clip.frames"):
+        assert key in out
