@@ -1,0 +1,494 @@
+"""Re-encode a raw video dataset into WebDataset tar shards plus `manifest.json`.
+
+    python -m tools.make_shards --layout ucf101 --root data/synthetic/ucf101 --out shards/ucf101
+
+Official train videos are split per class (seeded) into `labelled` (--label-fraction, at least one
+per class), `val` (--val-fraction of the labelled part) and `unlabelled` (the rest); `test` is the
+official test split (the official val split for Kinetics and SSv2). Each sample is `<key>.mp4`
+(or `.webm` with --codec vp9) + `<key>.json` (docs/architecture.md section 2).
+
+Restartable: the sample -> shard plan is deterministic, every shard is written to `.tmp` and renamed,
+and a sidecar `<shard>.json` (checksum, members, skipped sources) is written last. A rerun keeps the
+shards whose sidecar and checksum match the plan and writes only the missing ones.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import random
+import re
+import sys
+import tarfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python tools/make_shards.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+from tqdm import tqdm
+
+from pipeline.layouts import LAYOUTS, DatasetListing, LayoutError, SourceVideo, read_layout
+from pipeline.manifest import (SPLITS, EncodeInfo, Manifest, ShardInfo, SkippedSource, SplitInfo,
+                               write_json_atomic, write_manifest)
+from pipeline.video_encode import CODECS, EncodeSettings, encode_video_bytes, even_size
+
+SHARD_FILE = re.compile(r"^(labelled|unlabelled|val|test)-\d{6}\.(tar|idx|json)(\.tmp)?$")
+UNLABELLED = -1  # label of a source without a class (a lone path in a file list)
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    dataset: str
+    codec: str = "h264"
+    short_side: int = 128
+    fps: float = 15.0
+    gop: int = 8
+    max_frames: int | None = None
+    min_frames: int = 8
+
+    @property
+    def container(self) -> str:
+        return CODECS[self.codec][1]
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    source: SourceVideo
+    label: int
+    split: str
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    out_dir: Path
+    name: str  # e.g. "labelled-000003" (tar = name + ".tar")
+    samples: tuple[Sample, ...]
+    settings: ShardSettings
+    plan_hash: str
+
+
+class BadVideo(Exception):
+    """A source that cannot become a sample; the message is the reason recorded in the manifest."""
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+def sample_key(dataset: str, rel_path: str) -> str:
+    return f"{dataset}_{hashlib.sha1(rel_path.encode('utf-8')).hexdigest()[:16]}"
+
+
+def _round_half_up(x: float) -> int:
+    return int(x + 0.5 + 1e-9)  # round() goes to even: 2.5 -> 2 would surprise a user
+
+
+def assign_splits(listing: DatasetListing, label_fraction: float, val_fraction: float,
+                  seed: int) -> tuple[dict[str, list[SourceVideo]], list[SkippedSource]]:
+    """Official train -> labelled / val / unlabelled, stratified per class; official test -> test.
+
+    Each class keeps max(1, label_fraction * n) labelled videos (rounded half up), of which
+    val_fraction * that go to val while at least one stays labelled. Seeded, and independent of listing order.
+    """
+    splits: dict[str, list[SourceVideo]] = {split: [] for split in SPLITS}
+    skipped: list[SkippedSource] = []
+    seen: dict[str, str] = {}
+    train_by_class: dict[str | None, list[SourceVideo]] = defaultdict(list)
+    for video in listing.videos:
+        if video.rel_path in seen:
+            reason = f"listed more than once (kept in official {seen[video.rel_path]})"
+            skipped.append(SkippedSource(video.rel_path, reason))
+            continue
+        seen[video.rel_path] = video.official_split
+        if video.official_split == "test":
+            if video.class_name is None:
+                skipped.append(SkippedSource(video.rel_path, "test video without a label"))
+            else:
+                splits["test"].append(video)
+        else:
+            train_by_class[video.class_name].append(video)
+    rng = random.Random(f"assign-splits/{seed}")
+    for class_name in listing.classes:
+        videos = sorted(train_by_class.get(class_name, []), key=lambda v: v.rel_path)
+        rng.shuffle(videos)
+        if not videos:
+            continue
+        n_labelled = min(len(videos), max(1, _round_half_up(label_fraction * len(videos))))
+        n_val = min(n_labelled - 1, _round_half_up(val_fraction * n_labelled))
+        splits["val"] += videos[:n_val]
+        splits["labelled"] += videos[n_val:n_labelled]
+        splits["unlabelled"] += videos[n_labelled:]
+    splits["unlabelled"] += sorted(train_by_class.get(None, []), key=lambda v: v.rel_path)
+    return splits, skipped
+
+
+def plan_shards(listing: DatasetListing, splits: dict[str, list[SourceVideo]], settings: ShardSettings,
+                out_dir: Path, samples_per_shard: int, seed: int) -> list[ShardTask]:
+    label_of = {name: i for i, name in enumerate(listing.classes)}
+    tasks = []
+    for split in SPLITS:
+        samples = sorted((Sample(sample_key(settings.dataset, v.rel_path), v,
+                                 UNLABELLED if v.class_name is None else label_of[v.class_name], split)
+                          for v in splits[split]), key=lambda s: s.key)
+        random.Random(f"shard-order/{seed}/{split}").shuffle(samples)  # mix classes within each shard
+        for start in range(0, len(samples), samples_per_shard):
+            members = tuple(samples[start:start + samples_per_shard])
+            plan = json.dumps([asdict(settings), [(s.key, s.source.rel_path, s.label) for s in members]])
+            tasks.append(ShardTask(out_dir, f"{split}-{start // samples_per_shard:06d}", members, settings,
+                                   hashlib.sha256(plan.encode()).hexdigest()))
+    return tasks
+
+
+# --- one video -----------------------------------------------------------------------------------
+
+def _frames_at_fps(decoded, fps: float, source_rate: float, max_frames: int | None):
+    """Source frames shown at output times k / fps (each output repeats the latest source frame whose
+    timestamp is <= k / fps): drops frames for a faster source, duplicates them for a slower one."""
+    step, eps = 1.0 / fps, 1e-6
+    t0 = previous = previous_time = None
+    emitted = 0
+    limit = max_frames if max_frames else float("inf")
+    for index, frame in enumerate(decoded):
+        t = frame.time if frame.time is not None else index / source_rate
+        t0 = t if t0 is None else t0
+        t -= t0
+        while previous is not None and emitted * step < t - eps and emitted < limit:
+            yield previous
+            emitted += 1
+        if emitted >= limit:
+            return
+        previous, previous_time = frame, t
+    if previous is not None:
+        end = previous_time + 1.0 / source_rate  # the last frame is shown for one source frame period
+        while emitted * step < end - eps and emitted < limit:
+            yield previous
+            emitted += 1
+
+
+def transcode(path: Path, settings: ShardSettings) -> tuple[bytes, int, int, int]:
+    """Decode `path`, resample to settings.fps, resize to the short side, re-encode.
+    Returns (video bytes, frames, width, height); raises BadVideo with a reason."""
+    if path.stat().st_size == 0:
+        raise BadVideo("empty file (0 bytes)")
+    try:
+        # metadata_errors: some HMDB AVIs carry non-UTF-8 tags
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise BadVideo("no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            source_rate = float(stream.average_rate or stream.guessed_rate or 25)
+            reformatter = VideoReformatter()  # one per video: building a scaler per frame is slow
+            frames: list[np.ndarray] = []
+            size = last_frame = last_rgb = None
+            for frame in _frames_at_fps(container.decode(stream), settings.fps, source_rate, settings.max_frames):
+                if frame is not last_frame:  # a duplicated frame is resized once
+                    size = size or even_size(frame.width, frame.height, settings.short_side)
+                    # swscale's bilinear widens its filter when shrinking; AREA cost 3.6x more here
+                    last_rgb = reformatter.reformat(frame, size[0], size[1], format="rgb24",
+                                                    interpolation="BILINEAR", threads=1).to_ndarray()
+                    last_frame = frame
+                frames.append(last_rgb)
+    except (av.FFmpegError, UnicodeDecodeError, EOFError, OSError) as error:
+        raise BadVideo(f"cannot decode ({type(error).__name__}: {error})") from None
+    if len(frames) < settings.min_frames:
+        raise BadVideo(f"too short: {len(frames)} frames at {settings.fps:g} fps (--min-frames {settings.min_frames})")
+    encoded = encode_video_bytes(np.stack(frames), EncodeSettings(codec=settings.codec, fps=settings.fps,
+                                                                   gop=settings.gop, bframes=0))
+    return encoded, len(frames), size[0], size[1]
+
+
+# --- one shard -----------------------------------------------------------------------------------
+
+def _paths(task: ShardTask) -> tuple[Path, Path, Path]:
+    return (task.out_dir / f"{task.name}.tar", task.out_dir / f"{task.name}.idx",
+            task.out_dir / f"{task.name}.json")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def completed_sidecar(task: ShardTask) -> dict | None:
+    """The shard's sidecar if the shard on disk is complete for this plan (checksum verified)."""
+    tar_path, idx_path, sidecar_path = _paths(task)
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if sidecar.get("plan") != task.plan_hash:
+        return None
+    if sidecar["samples"] == 0:  # every source of this shard was bad: no tar to verify
+        return sidecar
+    if not (tar_path.is_file() and idx_path.is_file()) or tar_path.stat().st_size != sidecar["bytes"]:
+        return None
+    return sidecar if file_sha256(tar_path) == sidecar["sha256"] else None
+
+
+def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o444  # fixed metadata: reruns give equal bytes
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def write_index(tar_path: Path, idx_path: Path) -> None:
+    """DALI `fn.readers.webdataset` index (the format of DALI's `wds2idx`), via a .tmp rename."""
+    tmp = idx_path.with_name(idx_path.name + ".tmp")
+    try:
+        from wds2idx import IndexCreator  # ships with nvidia-dali
+    except ImportError:
+        IndexCreator = None
+    if IndexCreator is not None:
+        with IndexCreator(str(tar_path), str(tmp), verbose=False) as creator:
+            creator.create_index()
+    else:
+        tmp.write_text(dali_index_text(tar_path))
+    os.replace(tmp, idx_path)
+
+
+def dali_index_text(tar_path: Path) -> str:
+    """`v1.2 <samples>` then per sample `<ext> <data offset> <size> <member name>` for each member."""
+    bundles: list[list[str]] = []
+    last_key = None
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, ext = member.name.split(".", 1)
+            if key != last_key:
+                bundles.append([])
+                last_key = key
+            bundles[-1].append(f"{ext} {member.offset_data} {member.size} {member.name}")
+    return f"v1.2 {len(bundles)}\n" + "".join(" ".join(bundle) + "\n" for bundle in bundles)
+
+
+_videos_done = None  # multiprocessing.Value shared with pool workers, for the progress bar
+
+
+def _init_worker(counter) -> None:
+    global _videos_done
+    _videos_done = counter
+
+
+def write_shard(task: ShardTask, on_video=None) -> dict:
+    """Encode every sample of `task` into `<name>.tar.tmp`, rename, index, then write the sidecar."""
+    tar_path, idx_path, sidecar_path = _paths(task)
+    tmp_path = tar_path.with_name(tar_path.name + ".tmp")
+    members, skipped = [], []
+    settings = task.settings
+    with tarfile.open(tmp_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in task.samples:
+            try:
+                video, frames, width, height = transcode(sample.source.path, settings)
+            except BadVideo as error:
+                skipped.append({"source": sample.source.rel_path, "reason": str(error)})
+            except FileNotFoundError:
+                skipped.append({"source": sample.source.rel_path, "reason": "listed but missing"})
+            else:
+                meta = {"label": sample.label, "class_name": sample.source.class_name,
+                        "dataset": settings.dataset, "source": sample.source.rel_path, "frames": frames,
+                        "fps": float(settings.fps), "width": width, "height": height, "split": sample.split}
+                _add_member(tar, f"{sample.key}.{settings.container}", video)
+                _add_member(tar, f"{sample.key}.json", json.dumps(meta).encode())
+                members.append({"key": sample.key, "label": sample.label, "source": sample.source.rel_path,
+                                "frames": frames})
+            if on_video is not None:
+                on_video()
+            elif _videos_done is not None:
+                with _videos_done.get_lock():
+                    _videos_done.value += 1
+    sidecar = {"file": None, "samples": len(members), "bytes": 0, "sha256": None, "index": None,
+               "plan": task.plan_hash, "members": members, "skipped": skipped}
+    if members:
+        with tmp_path.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, tar_path)
+        write_index(tar_path, idx_path)
+        sidecar.update(file=tar_path.name, bytes=tar_path.stat().st_size, sha256=file_sha256(tar_path),
+                       index=idx_path.name)
+    else:
+        tmp_path.unlink()
+    write_json_atomic(sidecar_path, sidecar)  # last: its presence marks the shard complete
+    return sidecar
+
+
+# --- the job -------------------------------------------------------------------------------------
+
+def remove_stale_files(out_dir: Path, tasks: list[ShardTask]) -> list[str]:
+    """Delete `.tmp` leftovers and shard files of an earlier plan that this plan does not have."""
+    wanted = {f"{task.name}.{ext}" for task in tasks for ext in ("tar", "idx", "json")}
+    stale = sorted(p.name for p in out_dir.iterdir() if SHARD_FILE.match(p.name) and p.name not in wanted)
+    for name in stale:
+        (out_dir / name).unlink()
+    return stale
+
+
+def run_tasks(tasks: list[ShardTask], workers: int) -> dict[str, dict]:
+    """Write the shards of `tasks` (one shard per pool task); returns sidecars by shard name."""
+    sidecars: dict[str, dict] = {}
+    if not tasks:
+        return sidecars
+    total = sum(len(task.samples) for task in tasks)
+    with tqdm(total=total, unit="video", desc="sharding", dynamic_ncols=True) as bar:
+        def report(task: ShardTask, sidecar: dict) -> None:
+            sidecars[task.name] = sidecar
+            for item in sidecar["skipped"]:
+                bar.write(f"skipped {item['source']}: {item['reason']}")
+        if workers <= 1:
+            for task in tasks:
+                report(task, write_shard(task, on_video=lambda: bar.update(1)))
+            return sidecars
+        counter = multiprocessing.Value("l", 0)
+        with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
+            results = pool.imap_unordered(_write_shard_named, tasks)
+            by_name = {task.name: task for task in tasks}
+            done = 0
+            while done < len(tasks):
+                try:
+                    name, sidecar = results.next(timeout=0.5)
+                except multiprocessing.TimeoutError:
+                    pass
+                else:
+                    report(by_name[name], sidecar)
+                    done += 1
+                bar.update(counter.value - bar.n)
+    return sidecars
+
+
+def _write_shard_named(task: ShardTask) -> tuple[str, dict]:
+    return task.name, write_shard(task)
+
+
+def build_manifest(listing: DatasetListing, tasks: list[ShardTask], sidecars: dict[str, dict],
+                   skipped: list[SkippedSource], args: argparse.Namespace, settings: ShardSettings,
+                   hflip_changes_label: bool) -> Manifest:
+    splits = {}
+    for split in SPLITS:
+        per_class = [0] * len(listing.classes)
+        shards = []
+        for task in tasks:
+            sidecar = sidecars[task.name]
+            if not task.name.startswith(split + "-") or sidecar["samples"] == 0:
+                continue
+            for member in sidecar["members"]:
+                if member["label"] != UNLABELLED:
+                    per_class[member["label"]] += 1
+            shards.append(ShardInfo(sidecar["file"], sidecar["samples"], sidecar["bytes"], sidecar["sha256"],
+                                    sidecar["index"]))
+        splits[split] = SplitInfo(sum(shard.samples for shard in shards), per_class, shards)
+    skipped = [SkippedSource(m.rel_path, m.reason) for m in listing.missing] + skipped + [
+        SkippedSource(item["source"], item["reason"]) for task in tasks for item in sidecars[task.name]["skipped"]]
+    return Manifest(
+        dataset=settings.dataset, layout=listing.layout, source_root=str(listing.root), classes=listing.classes,
+        hflip_changes_label=hflip_changes_label, time_reversal_changes_label=args.time_reversal_changes_label,
+        splits=splits,
+        encode=EncodeInfo(codec=settings.codec, container=settings.container, short_side=settings.short_side,
+                          fps=float(settings.fps), gop=settings.gop),
+        seed=args.seed, label_fraction=args.label_fraction, val_fraction=args.val_fraction, skipped=skipped)
+
+
+def make_shards(args: argparse.Namespace) -> Manifest:
+    listing = read_layout(args.layout, args.root, split_id=args.split_id, train_list=args.train_list,
+                          test_list=args.test_list, classes_file=args.classes)
+    out_dir = Path(args.out)
+    settings = ShardSettings(dataset=args.name or out_dir.name, codec=args.codec, short_side=args.short_side,
+                             fps=args.fps, gop=args.gop, max_frames=args.max_frames, min_frames=args.min_frames)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", settings.dataset):
+        raise SystemExit(f"--name {settings.dataset!r}: use letters, digits, '_' and '-' only (keys hold no dots)")
+    splits, skipped = assign_splits(listing, args.label_fraction, args.val_fraction, args.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = plan_shards(listing, splits, settings, out_dir, args.samples_per_shard, args.seed)
+    for name in remove_stale_files(out_dir, tasks):
+        print(f"removed {out_dir / name} (not part of this plan)")
+    for item in listing.missing:
+        print(f"skipped {item.rel_path}: {item.reason}")
+
+    started = time.perf_counter()
+    sidecars = {task.name: sidecar for task in tasks if (sidecar := completed_sidecar(task)) is not None}
+    pending = [task for task in tasks if task.name not in sidecars]
+    print(f"{settings.dataset}: {len(listing.videos)} videos, {len(listing.classes)} classes, {len(tasks)} shards "
+          f"({len(sidecars)} already complete, {len(pending)} to write) -> {out_dir}")
+    sidecars.update(run_tasks(pending, args.workers))
+    elapsed = time.perf_counter() - started
+
+    hflip = listing.hflip_changes_label if args.hflip_changes_label is None else args.hflip_changes_label
+    manifest = build_manifest(listing, tasks, sidecars, skipped, args, settings, hflip)
+    write_manifest(manifest, out_dir)
+    encoded = sum(len(task.samples) for task in pending)
+    print(f"done in {elapsed:.1f} s: {encoded} videos processed ({encoded / max(elapsed, 1e-9):.1f} videos/s, "
+          f"{args.workers} workers), {len(tasks) - len(pending)} shards reused")
+    for split, info in manifest.splits.items():
+        print(f"  {split:<10} {info.samples:>7} samples in {len(info.shards)} shards")
+    reasons = Counter(item.reason.split(":")[0].split(" (")[0] for item in manifest.skipped)
+    print(f"  skipped    {len(manifest.skipped):>7}" + "".join(f"  [{n} {r}]" for r, n in reasons.most_common()))
+    print(f"manifest: {out_dir / 'manifest.json'}")
+    return manifest
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layout", required=True, choices=LAYOUTS + ("auto",),
+                        help="on-disk layout of --root ('auto' detects it from marker files)")
+    parser.add_argument("--root", required=True, type=Path, help="dataset root folder")
+    parser.add_argument("--out", required=True, type=Path, help="shard folder, e.g. shards/ucf101")
+    parser.add_argument("--name",
+                        help="dataset name used in sample keys and the manifest (default: --out's folder name)")
+    parser.add_argument("--split-id", type=int, default=1, help="official split 1..3 (ucf101, hmdb51)")
+    parser.add_argument("--train-list", type=Path,
+                        help="filelist layout: '<path> <0-based label>' lines for official train")
+    parser.add_argument("--test-list", type=Path, help="filelist layout: the same for official test (optional)")
+    parser.add_argument("--classes", type=Path, help="filelist layout: class names, one per line (default class_<k>)")
+    parser.add_argument("--label-fraction", type=float, default=0.1,
+                        help="fraction of each class's official train videos that keep their label (at least 1)")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="fraction of each class's labelled videos held out as 'val' (at least 1 stays labelled)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment and shard order")
+    parser.add_argument("--codec", choices=("h264", "vp9"), default="h264",
+                        help="h264 -> .mp4 members; vp9 -> .webm members (DALI's CPU decoder reads VP9, not H.264)")
+    parser.add_argument("--short-side", type=int, default=128,
+                        help="output short side in pixels (sizes rounded to even)")
+    parser.add_argument("--fps", type=float, default=15.0,
+                        help="output frame rate (frames dropped/duplicated by timestamp)")
+    parser.add_argument("--gop", type=int, default=8, help="frames between keyframes (small = cheap clip seeking)")
+    parser.add_argument("--max-frames", type=int, default=None, help="keep at most this many output frames per video")
+    parser.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer output frames than this")
+    parser.add_argument("--samples-per-shard", type=int, default=64, help="videos per tar shard")
+    parser.add_argument("--workers", type=int, default=2, help="parallel processes (one shard per task)")
+    parser.add_argument("--hflip-changes-label", action=argparse.BooleanOptionalAction, default=None,
+                        help="record that a horizontal flip changes the class (default: True for ssv2, else False)")
+    parser.add_argument("--time-reversal-changes-label", action=argparse.BooleanOptionalAction, default=False,
+                        help="record that playing a clip backwards changes the class")
+    args = parser.parse_args(argv)
+    for flag in ("label_fraction", "val_fraction"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
+    for flag in ("short_side", "fps", "gop", "samples_per_shard", "workers"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        make_shards(args)
+    except LayoutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
