@@ -1,0 +1,408 @@
+"""CPU loaders: WebDataset shards -> uint8 batches of the contract in pipeline/contract.py.
+
+A stream is a chain of webdataset stages per pass over the split:
+  shard list (this rank's shards, shuffled per pass) -> tar members -> samples (key, mp4, json)
+  -> [keep index % world_size == rank] -> buffered shuffle -> positions 0, 1, 2, ...
+and batch k is positions [k*B, (k+1)*B). Everything that decides which sample lands where is drawn
+from seeds mixed from (seed, epoch, rank, world_size, pass): no process ids, no clocks.
+
+Splitting across ranks (disjoint within an epoch):
+- by shard when the shard count splits evenly enough (a multiple of world_size, or at least
+  4 shards per rank): the shard list is shuffled with (seed, epoch) and rank r takes every
+  world_size-th shard, so ranks read different files;
+- otherwise by sample index: rank r keeps split-order sample i when i % world_size == r, and reads
+  every shard.
+
+Splitting across DataLoader workers is by BATCH, not by shard: every worker walks the rank's
+(cheap, undecoded) sample stream and decodes only the batches k with (k - start_step) % num_workers
+== its id; torch's DataLoader hands batches back round-robin, so batch k is the same tensor for any
+num_workers. The price is that each worker reads every tar byte of its rank (page-cache reads,
+small next to decoding). Augmentation draws come from a per-sample generator seeded from
+(seed, epoch, pass, key), so they do not depend on the process either.
+
+Padding: train_loader yields exactly steps_per_epoch batches. When that needs more samples than the
+rank holds, the rank starts another pass over ITS OWN samples (new shuffle, new augmentation draws);
+when it needs fewer, the rest of the pass is left out. Ranks holding one sample fewer than others
+(uneven split) simply repeat sooner. Ranks stay disjoint within an epoch either way.
+
+Corrupt samples (CorruptVideoError) are skipped and counted: each batch lists them in SKIPPED_KEYS
+and the loader object keeps `skipped_keys` / `skipped`. A training batch stays full: it is topped up
+with fresh augmentations of the batch's own valid samples (other workers own the next positions).
+An evaluation batch just gets smaller (possibly empty).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.augment import strong_view as make_strong_view
+from pipeline.augment import eval_views, train_view
+from pipeline.clips import eval_clip_indices, train_clip_indices
+from pipeline.contract import (KEY, LABEL, SKIPPED_KEYS, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec,
+                               StrongAugmentSpec)
+from pipeline.video_decode import CorruptVideoError, decode_frames, resolve_backend
+
+VIDEO_EXTENSIONS = ("mp4", "webm")
+Sample = dict[str, Any]
+
+
+def read_manifest(shard_dir: str | Path) -> dict:
+    """manifest.json as a plain dict. The one place to swap in pipeline.manifest.load_manifest."""
+    path = Path(shard_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest.json; write shards with tools/make_shards.py first")
+    return json.loads(path.read_text())
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from its parts, identical in every process (Python's hash() is salted)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    url: str
+    samples: int
+    first_index: int  # split-order index of the shard's first sample
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """What one rank reads during one epoch."""
+
+    shards: tuple[ShardRef, ...]
+    by_sample_index: bool  # True: keep samples with index % world_size == rank
+    rank: int
+    world_size: int
+
+    @property
+    def samples(self) -> int:
+        if not self.by_sample_index:
+            return sum(shard.samples for shard in self.shards)
+        total = sum(shard.samples for shard in self.shards)
+        return len(range(self.rank, total, self.world_size))
+
+
+def split_shards(manifest: dict, shard_dir: str | Path, split: str) -> list[ShardRef]:
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise ValueError(f"{Path(shard_dir) / 'manifest.json'}: split {split!r} not found; "
+                         f"available splits are {sorted(splits)}")
+    refs, first = [], 0
+    for shard in splits[split]["shards"]:
+        refs.append(ShardRef(str(Path(shard_dir) / shard["file"]), int(shard["samples"]), first))
+        first += int(shard["samples"])
+    return refs
+
+
+def plan_rank(shards: list[ShardRef], rank: int, world_size: int, *, seed: int, epoch: int,
+              shuffle: bool, need_balance: bool) -> RankPlan:
+    """Which shards (and which samples of them) rank `rank` reads this epoch; see the module doc."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+    count = len(shards)
+    balanced = count % world_size == 0 or count >= 4 * world_size
+    if count >= world_size and (balanced or not need_balance):
+        order = list(shards)
+        if shuffle:
+            random.Random(stable_seed(seed, epoch, "shard-assignment")).shuffle(order)
+        return RankPlan(tuple(order[rank::world_size]), False, rank, world_size)
+    return RankPlan(tuple(shards), True, rank, world_size)
+
+
+def _tag_split_index(plan: RankPlan) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+    """Stage: add `__index__` (split-order index from the shard's first index + member position)."""
+    first_by_url = {shard.url: shard.first_index for shard in plan.shards}
+
+    def stage(samples: Iterable[Sample]) -> Iterator[Sample]:
+        position: dict[str, int] = {}
+        for sample in samples:
+            url = sample["__url__"]
+            offset = position.get(url, 0)
+            position[url] = offset + 1
+            sample["__index__"] = first_by_url[url] + offset
+            yield sample
+
+    return stage
+
+
+def _keep_rank(plan: RankPlan) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+    """Stage: webdataset's split_by_node at sample granularity, with an explicit rank."""
+
+    def stage(samples: Iterable[Sample]) -> Iterator[Sample]:
+        return (s for s in samples if s["__index__"] % plan.world_size == plan.rank)
+
+    return stage
+
+
+def rank_pass(plan: RankPlan, *, shuffle: bool, shuffle_buffer: int, order_seed: int) -> Iterator[Sample]:
+    """One pass over the rank's samples as a webdataset pipeline (undecoded bytes)."""
+    shards = list(plan.shards)
+    rng = random.Random(order_seed)
+    if shuffle:
+        rng.shuffle(shards)
+    stages: list[Any] = [wds.SimpleShardList([shard.url for shard in shards]),
+                         wds.tarfile_to_samples(),  # a broken tar (not a broken member) is fatal
+                         _tag_split_index(plan)]
+    if plan.by_sample_index:
+        stages.append(_keep_rank(plan))
+    if shuffle and shuffle_buffer > 1:
+        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng))
+    return iter(wds.DataPipeline(*stages))
+
+
+def _video_and_meta(sample: Sample) -> tuple[bytes, dict]:
+    key = sample["__key__"]
+    extension = next((ext for ext in VIDEO_EXTENSIONS if ext in sample), None)
+    if extension is None:
+        raise CorruptVideoError(key, f"no .mp4 or .webm member (members: {sorted(sample)})")
+    try:
+        meta = json.loads(sample["json"])
+        int(meta["frames"]), int(meta["label"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise CorruptVideoError(key, f"missing or unreadable .json member ({error})") from error
+    if int(meta["frames"]) < 1:
+        raise CorruptVideoError(key, f"json says frames={meta['frames']}")
+    return sample[extension], meta
+
+
+def _worker_slot() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class _TrainBatches(IterableDataset):
+    """Worker side of train_loader: yields this worker's batches, collated, in step order."""
+
+    def __init__(self, plan: RankPlan, clip: ClipSpec, augment: AugmentSpec, strong: StrongAugmentSpec | None,
+                 *, num_classes: int, batch_size: int, steps_per_epoch: int, start_step: int, seed: int,
+                 epoch: int, shuffle_buffer: int, backend: str):
+        super().__init__()
+        self.plan, self.clip, self.augment, self.strong = plan, clip, augment, strong
+        self.num_classes, self.batch_size = num_classes, batch_size
+        self.steps_per_epoch, self.start_step = steps_per_epoch, start_step
+        self.seed, self.epoch, self.shuffle_buffer, self.backend = seed, epoch, shuffle_buffer, backend
+
+    def epoch_stream(self) -> Iterator[tuple[int, Sample]]:
+        """(pass, sample) for as many passes as the epoch needs."""
+        for pass_index in itertools.count():
+            order_seed = stable_seed(self.seed, self.epoch, self.plan.rank, self.plan.world_size, pass_index)
+            empty = True
+            for sample in rank_pass(self.plan, shuffle=True, shuffle_buffer=self.shuffle_buffer,
+                                    order_seed=order_seed):
+                empty = False
+                yield pass_index, sample
+            if empty:
+                raise RuntimeError(f"rank {self.plan.rank}: a pass over {len(self.plan.shards)} shards "
+                                   f"yielded no samples ({[s.url for s in self.plan.shards][:3]}...)")
+
+    def make_item(self, pass_index: int, sample: Sample, salt: object = "") -> dict:
+        key = sample["__key__"]
+        video_bytes, meta = _video_and_meta(sample)
+        label = int(meta["label"])
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"sample {key!r}: label {label} outside the manifest's {self.num_classes} classes")
+        generator = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, pass_index, key, salt))
+        indices = train_clip_indices(int(meta["frames"]), self.clip, generator, self.augment.time_reversal)
+        frames = decode_frames(video_bytes, indices, key=key, backend=self.backend)
+        item = {VIDEO: train_view(frames, self.clip.crop_size, self.augment, generator), LABEL: label, KEY: key}
+        if self.strong is not None:
+            item[STRONG_VIDEO] = make_strong_view(frames, self.clip.crop_size, self.strong, self.augment.hflip, generator)
+        return item
+
+    def make_batch(self, batch_samples: list[tuple[int, Sample]]) -> dict:
+        items, skipped, valid = [], [], []
+        for pass_index, sample in batch_samples:
+            try:
+                items.append(self.make_item(pass_index, sample))
+                valid.append((pass_index, sample))
+            except CorruptVideoError as error:
+                skipped.append(error.key)
+        if not valid:
+            raise RuntimeError(f"every sample of a training batch is corrupt: {skipped}")
+        for refill in range(self.batch_size - len(items)):  # top up from this batch's own valid samples
+            pass_index, sample = valid[refill % len(valid)]
+            items.append(self.make_item(pass_index, sample, salt=("top-up", refill)))
+        return collate(items, skipped)
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker_slot()
+        total = self.steps_per_epoch * self.batch_size
+        pending: list[tuple[int, Sample]] = []
+        for position, (pass_index, sample) in enumerate(itertools.islice(self.epoch_stream(), total)):
+            step = position // self.batch_size
+            if step < self.start_step or (step - self.start_step) % num_workers != worker:
+                continue  # read but never decoded: resume and other workers' batches cost no decoding
+            pending.append((pass_index, sample))
+            if len(pending) == self.batch_size:
+                yield self.make_batch(pending)
+                pending = []
+
+
+class _EvalBatches(IterableDataset):
+    """Worker side of eval_loader: one pass in shard order, every view of every sample."""
+
+    def __init__(self, plan: RankPlan, clip: ClipSpec, *, batch_size: int, multi_view: bool, backend: str):
+        super().__init__()
+        self.plan, self.clip, self.batch_size, self.backend = plan, clip, batch_size, backend
+        self.num_clips = clip.test_clips if multi_view else 1
+        self.num_crops = clip.test_crops if multi_view else 1
+
+    def make_item(self, sample: Sample) -> dict:
+        key = sample["__key__"]
+        video_bytes, meta = _video_and_meta(sample)
+        clips = eval_clip_indices(int(meta["frames"]), self.clip, self.num_clips)
+        flat = [index for indices in clips for index in indices]
+        frames = decode_frames(video_bytes, flat, key=key, backend=self.backend)  # one decode for all clips
+        views = []
+        for clip_frames in frames.split(self.clip.frames):
+            views.extend(eval_views(clip_frames, self.clip.crop_size, self.num_crops))
+        return {VIDEO: torch.stack(views), LABEL: int(meta["label"]), KEY: key}
+
+    def make_batch(self, samples: list[Sample]) -> dict:
+        items, skipped = [], []
+        for sample in samples:
+            try:
+                items.append(self.make_item(sample))
+            except CorruptVideoError as error:
+                skipped.append(error.key)
+        if not items:
+            size = self.clip.crop_size
+            empty = torch.empty((0, self.num_clips * self.num_crops, 3, self.clip.frames, size, size),
+                                dtype=torch.uint8)
+            return {VIDEO: empty, LABEL: torch.empty(0, dtype=torch.int64), KEY: [], SKIPPED_KEYS: skipped}
+        return collate(items, skipped)
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker_slot()
+        pending: list[Sample] = []
+        owner_batch = None
+        stream = rank_pass(self.plan, shuffle=False, shuffle_buffer=0, order_seed=0)
+        for position, sample in enumerate(stream):
+            batch = position // self.batch_size
+            if batch % num_workers != worker:
+                continue
+            if pending and batch != owner_batch:
+                yield self.make_batch(pending)
+                pending = []
+            owner_batch = batch
+            pending.append(sample)
+        if pending:
+            yield self.make_batch(pending)
+
+
+def collate(items: list[dict], skipped: list[str]) -> dict:
+    batch = {VIDEO: torch.stack([item[VIDEO] for item in items]),
+             LABEL: torch.tensor([item[LABEL] for item in items], dtype=torch.int64),
+             KEY: [item[KEY] for item in items],
+             SKIPPED_KEYS: skipped}
+    if STRONG_VIDEO in items[0]:
+        batch[STRONG_VIDEO] = torch.stack([item[STRONG_VIDEO] for item in items])
+    return batch
+
+
+class BatchLoader:
+    """Iterable over batches (CPU, uint8). Runs the worker-side dataset in `num_workers` processes
+    (in this process for 0) and keeps the running list of skipped corrupt keys."""
+
+    def __init__(self, dataset: IterableDataset, *, num_batches: int, num_workers: int, pin_memory: bool,
+                 samples_per_rank: int):
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers}: must be >= 0")
+        self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
+        self.num_batches, self.samples_per_rank = num_batches, samples_per_rank
+        self.skipped_keys: list[str] = []
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_keys)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.num_workers == 0:
+            batches: Iterable[dict] = self.dataset
+        else:
+            # batch_size=None: workers already collate. In-order delivery (the default) is what makes
+            # the output independent of num_workers.
+            batches = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                 pin_memory=self.pin_memory, in_order=True)
+        for batch in batches:
+            self.skipped_keys.extend(batch[SKIPPED_KEYS])
+            yield batch
+
+
+def _check_label_safe(manifest: dict, shard_dir: str | Path, augment: AugmentSpec) -> None:
+    for flag, enabled in (("hflip_changes_label", augment.hflip),
+                          ("time_reversal_changes_label", augment.time_reversal)):
+        if enabled and manifest.get(flag, False):
+            option = "hflip" if flag.startswith("hflip") else "time_reversal"
+            raise ValueError(f"{Path(shard_dir) / 'manifest.json'}: {flag} is true for dataset "
+                             f"{manifest.get('dataset')!r}, so AugmentSpec.{option} must be False "
+                             f"(use AugmentSpec.label_safe(...))")
+
+
+def train_loader(shard_dir: str | Path, split: str, clip: ClipSpec, augment: AugmentSpec, *, batch_size: int,
+                 steps_per_epoch: int, rank: int = 0, world_size: int = 1, num_workers: int = 1, seed: int = 0,
+                 epoch: int = 0, start_step: int = 0, strong_view: bool | StrongAugmentSpec = False,
+                 shuffle_buffer: int = 256, pin_memory: bool = False, backend: str = "auto") -> BatchLoader:
+    """Exactly `steps_per_epoch - start_step` training batches for (rank, epoch); see the module doc.
+
+    Batch k is a function of (shard set, clip, augment, seed, epoch, rank, world_size, k) only.
+    `start_step` resumes mid-epoch: earlier batches are read past without decoding.
+    `strong_view`: True (default StrongAugmentSpec) or a StrongAugmentSpec adds STRONG_VIDEO.
+    """
+    if batch_size < 1 or steps_per_epoch < 1:
+        raise ValueError(f"batch_size={batch_size}, steps_per_epoch={steps_per_epoch}: both must be >= 1")
+    if not 0 <= start_step <= steps_per_epoch:
+        raise ValueError(f"start_step={start_step}: must be in [0, steps_per_epoch={steps_per_epoch}]")
+    manifest = read_manifest(shard_dir)
+    _check_label_safe(manifest, shard_dir, augment)
+    plan = plan_rank(split_shards(manifest, shard_dir, split), rank, world_size, seed=seed, epoch=epoch,
+                     shuffle=True, need_balance=True)
+    if plan.samples == 0:
+        raise ValueError(f"{shard_dir}: split {split!r} has no samples for rank {rank} of {world_size}")
+    strong = StrongAugmentSpec() if strong_view is True else (strong_view or None)
+    dataset = _TrainBatches(plan, clip, augment, strong, num_classes=len(manifest["classes"]),
+                            batch_size=batch_size, steps_per_epoch=steps_per_epoch, start_step=start_step,
+                            seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer,
+                            backend=resolve_backend(backend))
+    return BatchLoader(dataset, num_batches=steps_per_epoch - start_step, num_workers=num_workers,
+                       pin_memory=pin_memory, samples_per_rank=plan.samples)
+
+
+def eval_loader(shard_dir: str | Path, split: str, clip: ClipSpec, *, batch_size: int, rank: int = 0,
+                world_size: int = 1, num_workers: int = 1, multi_view: bool = False, pin_memory: bool = False,
+                backend: str = "auto") -> BatchLoader:
+    """Every sample of the split exactly once across ranks, VIDEO [B, V, 3, T, H, W].
+
+    V = 1 (centre clip, centre crop) unless multi_view, then V = test_clips * test_crops, clip-major.
+    Ranks may get different numbers of batches; gather predictions accordingly.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    manifest = read_manifest(shard_dir)
+    plan = plan_rank(split_shards(manifest, shard_dir, split), rank, world_size, seed=0, epoch=0,
+                     shuffle=False, need_balance=False)
+    dataset = _EvalBatches(plan, clip, batch_size=batch_size, multi_view=multi_view,
+                           backend=resolve_backend(backend))
+    return BatchLoader(dataset, num_batches=math.ceil(plan.samples / batch_size), num_workers=num_workers,
+                       pin_memory=pin_memory, samples_per_rank=plan.samples)
+
+
+def steps_to_cover(shard_dir: str | Path, split: str, batch_size: int, world_size: int = 1) -> int:
+    """Steps per epoch so that every rank sees about its whole share of the split once."""
+    samples = read_manifest(shard_dir)["splits"][split]["samples"]
+    return max(1, math.ceil(samples / (batch_size * world_size)))
