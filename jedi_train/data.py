@@ -2,6 +2,7 @@
 classes, splits and flip safety) and builds the loader the config asks for (DALI on GPU, torch on CPU)."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,7 @@ class Streams:
         self.world_size = world_size
         self.kind = loader_kind(config, device)
         self.clip = clip_spec(config)
+        self._dali_train: dict[tuple, object] = {}  # DALI pipelines are built once and reused every epoch
 
     def train(self, name: str, split: str, batch_size: int, steps_per_epoch: int, epoch: int,
               start_step: int = 0, strong_view: bool = False):
@@ -89,9 +91,15 @@ class Streams:
                       world_size=self.world_size, seed=self.config.seed, strong_view=strong_view)
         if self.kind.startswith("dali"):
             from pipeline.dali_loader import dali_train_loader
-            return dali_train_loader(info.shard_dir, split, self.clip, augment_spec(self.config, info),
-                                     device="gpu" if self.kind == "dali" else "cpu", epoch=epoch,
-                                     start_step=start_step, **common)
+            cache_key = (name, split, batch_size, steps_per_epoch, strong_view)
+            if cache_key not in self._dali_train:
+                self._dali_train[cache_key] = dali_train_loader(
+                    info.shard_dir, split, self.clip, augment_spec(self.config, info),
+                    device="gpu" if self.kind == "dali" else "cpu", **common)
+            loader = self._dali_train[cache_key]
+            # DALI's reader keeps its own position across epochs; a mid-epoch resume reads past the
+            # first start_step batches (the torch loader instead rebuilds them from seeds, exactly).
+            return _ResumedEpoch(loader, start_step) if start_step else loader
         from pipeline.cpu_loader import train_loader
         return train_loader(info.shard_dir, split, self.clip, augment_spec(self.config, info),
                             num_workers=self.config.data.num_workers, epoch=epoch, start_step=start_step, **common)
@@ -106,3 +114,17 @@ class Streams:
                                     device="gpu" if self.kind == "dali" else "cpu", **common)
         from pipeline.cpu_loader import eval_loader
         return eval_loader(info.shard_dir, split, self.clip, num_workers=self.config.data.num_workers, **common)
+
+
+class _ResumedEpoch:
+    """The rest of a DALI epoch after `start_step` batches, keeping the loader's skip count visible."""
+
+    def __init__(self, loader, start_step: int):
+        self.loader, self.start_step = loader, start_step
+
+    @property
+    def skipped_keys(self) -> list[str]:
+        return self.loader.skipped_keys
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.start_step, None)

@@ -19,7 +19,8 @@ from jedi_train.config import ConfigError, describe_keys, load_config, to_dict  
 from jedi_train.data import Streams, dataset_infos  # noqa: E402
 from jedi_train.report import evaluate_all, write_report  # noqa: E402
 from jedi_train.train_experts import train_experts  # noqa: E402
-from jedi_train.train_jedi import train_jedi  # noqa: E402
+from jedi_train.checkpoint import Interrupted  # noqa: E402
+from jedi_train.train_jedi import train_jedi, variant_path  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,6 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (set in the YAML file or as key=value overrides):\n" + "\n".join(describe_keys()))
     parser.add_argument("--config", help="YAML experiment file under configs/ (its header says how to launch it)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest complete checkpoint of each stage (finished experts and "
+                             "JEDI variants are kept, the stage in progress resumes exactly where it stopped)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage=jedi jedi.epochs=5 seed=1")
     return parser.parse_args(argv)
 
@@ -52,14 +56,12 @@ def main(argv=None) -> int:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-    summary = {}
-    if config.stage in ("experts", "all"):
-        summary["experts_val"] = train_experts(config, accelerator, streams, infos)
-    if config.stage in ("jedi", "all"):
-        summary["jedi_val"] = train_jedi(config, accelerator, streams, infos, "jedi")
-        if config.jedi.run_control:
-            set_seed(config.seed)
-            summary["self_training_val"] = train_jedi(config, accelerator, streams, infos, "self_training")
+    try:
+        summary = train(config, accelerator, streams, infos, args.resume)
+    except Interrupted as stop:
+        accelerator.print(str(stop))
+        accelerator.end_training()
+        return 1
     if config.stage in ("eval", "all"):
         metrics = evaluate_all(config, accelerator, streams, infos)
         if accelerator.is_main_process:
@@ -69,6 +71,21 @@ def main(argv=None) -> int:
             print(f"\nwrote {run_dir / 'metrics.json'} and {run_dir / 'results.png'}")
     accelerator.end_training()
     return 0
+
+
+def train(config, accelerator, streams, infos, resume: bool) -> dict:
+    summary = {}
+    if config.stage in ("experts", "all"):
+        summary["experts_val"] = train_experts(config, accelerator, streams, infos, resume)
+    if config.stage in ("jedi", "all"):
+        variants = ["jedi", "self_training"] if config.jedi.run_control else ["jedi"]
+        for variant in variants:
+            if resume and variant_path(config, variant).is_file():
+                accelerator.print(f"[{variant}] already trained ({variant_path(config, variant)}), kept")
+                continue
+            set_seed(config.seed)
+            summary[f"{variant}_val"] = train_jedi(config, accelerator, streams, infos, variant, resume)
+    return summary
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -12,6 +12,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
+from jedi_train.checkpoint import Checkpointer, Interrupted, Progress, StopRequest
 from jedi_train.config import RunConfig
 from jedi_train.data import DatasetInfo, Streams
 from jedi_train.evaluate import accuracy
@@ -60,7 +61,8 @@ def load_expert(config: RunConfig, info: DatasetInfo) -> Expert:
     return expert
 
 
-def train_expert(config: RunConfig, accelerator: Accelerator, streams: Streams, info: DatasetInfo) -> dict:
+def train_expert(config: RunConfig, accelerator: Accelerator, streams: Streams, info: DatasetInfo,
+                 resume: bool = False) -> dict:
     dataset = config.datasets[info.name]
     cfg = config.experts
     batch_size = config.data.labelled_batch_size
@@ -70,43 +72,68 @@ def train_expert(config: RunConfig, accelerator: Accelerator, streams: Streams, 
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
                                                     pct_start=0.1)
     expert, optimizer, scheduler = accelerator.prepare(expert, optimizer, scheduler)
+    core = accelerator.unwrap_model(expert)
+    checkpointer = Checkpointer(accelerator, config.run_dir / "experts" / "checkpoints" / info.name,
+                                config.keep_checkpoints)
+    latest = checkpointer.latest() if resume else None
+    if latest:
+        progress, best_state = checkpointer.load(latest)
+        accelerator.print(f"expert {info.name}: resumed from {latest} at epoch {progress.epoch + 1}")
+    else:
+        progress, best_state = Progress(best={"val_top1": -1.0, "epoch": -1}), None
+    stop = StopRequest()
     meter = StepMeter()
-    best = {"val_top1": -1.0, "epoch": -1}
-    best_state = None
-    bar = tqdm(total=cfg.epochs * steps, desc=f"expert {info.name}", disable=not accelerator.is_main_process)
-    for epoch in range(cfg.epochs):
+    bar = tqdm(total=cfg.epochs * steps, initial=progress.epoch * steps, desc=f"expert {info.name}",
+               disable=not accelerator.is_main_process)
+    while progress.epoch < cfg.epochs and not progress.finished:
+        epoch = progress.epoch
         expert.train()
-        for batch in meter.timed(streams.train(info.name, "labelled", batch_size, steps, epoch)):
+        loader = streams.train(info.name, "labelled", batch_size, steps, epoch)
+        for batch in meter.timed(loader):
             logits = expert(to_model_input(batch["video"].to(accelerator.device, non_blocking=True)))
             loss = F.cross_entropy(logits, batch["label"].to(accelerator.device))
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
+            progress.step += 1
             meter.step_done(batch["video"].shape[0] * accelerator.num_processes)
             bar.update(1)
-            accelerator.log({f"experts/{info.name}/loss": loss.item()}, step=epoch * steps + meter.steps)
+            accelerator.log({f"experts/{info.name}/loss": loss.item()}, step=progress.step)
         expert.eval()
-        val = accuracy(accelerator.unwrap_model(expert), streams.eval(info.name, "val", multi_view=False), accelerator)
-        accelerator.log({f"experts/{info.name}/val_top1": val["top1"]}, step=(epoch + 1) * steps)
+        val = accuracy(core, streams.eval(info.name, "val", multi_view=False), accelerator)
+        progress.skipped_samples[str(epoch)] = sorted(set(loader.skipped_keys))
+        accelerator.log({f"experts/{info.name}/val_top1": val["top1"]}, step=progress.step)
         bar.set_postfix_str(f"{meter.line(loss.item(), scheduler.get_last_lr()[0], streams.kind)} | "
                             f"val top1 {val['top1']:.1f}")
         meter.reset()
-        if val["top1"] > best["val_top1"]:
-            best = {"val_top1": val["top1"], "epoch": epoch}
-            best_state = copy.deepcopy(accelerator.unwrap_model(expert).state_dict())
-        elif epoch - best["epoch"] >= cfg.patience:
-            break
+        progress.epoch += 1
+        if val["top1"] > progress.best["val_top1"]:
+            progress.best = {"val_top1": val["top1"], "epoch": epoch}
+            best_state = copy.deepcopy(core.state_dict())
+        elif epoch - progress.best["epoch"] >= cfg.patience:
+            progress.finished = True
+        checkpointer.save(progress, best_state)
+        if accelerator.reduce(torch.tensor([float(stop.requested)], device=accelerator.device), "sum")[0] > 0:
+            raise Interrupted(f"expert {info.name}: stopped by signal after epoch {epoch + 1}; continue with --resume")
     bar.close()
-    final = accelerator.unwrap_model(expert)
-    final.load_state_dict(best_state)
+    stop.restore()
+    core.load_state_dict(best_state)
     if accelerator.is_main_process:
-        save_expert(expert_path(config, info.name), final, info, dataset.backbone, best["val_top1"])
+        save_expert(expert_path(config, info.name), core, info, dataset.backbone, progress.best["val_top1"])
     accelerator.wait_for_everyone()
-    accelerator.print(f"expert {info.name}: best val top-1 {best['val_top1']:.1f} at epoch {best['epoch'] + 1}")
-    return best
+    accelerator.print(f"expert {info.name}: best val top-1 {progress.best['val_top1']:.1f} "
+                      f"at epoch {progress.best['epoch'] + 1}")
+    return progress.best | {"skipped_samples": progress.skipped_samples}
 
 
 def train_experts(config: RunConfig, accelerator: Accelerator, streams: Streams,
-                  infos: dict[str, DatasetInfo]) -> dict:
-    return {name: train_expert(config, accelerator, streams, info) for name, info in infos.items()}
+                  infos: dict[str, DatasetInfo], resume: bool = False) -> dict:
+    """Train every expert; on resume, experts already saved are kept and the one in progress continues."""
+    results = {}
+    for name, info in infos.items():
+        if resume and expert_path(config, name).is_file():
+            accelerator.print(f"expert {name}: already trained ({expert_path(config, name)}), kept")
+            continue
+        results[name] = train_expert(config, accelerator, streams, info, resume)
+    return results

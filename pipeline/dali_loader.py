@@ -97,7 +97,7 @@ def split_shards(shard_dir: str | Path, split: str, device: str, *,
             f"{manifest.shard_dir}: shards are {codec} ({manifest.encode.container}); DALI's CPU video "
             f"decoder reads only {', '.join(CPU_DECODABLE)}. Use a GPU (device='gpu') or re-shard with "
             f"`tools/make_shards.py --codec vp9`.")
-    info = manifest._split(split)
+    info = manifest.split_info(split)
     if not info.shards:
         raise ValueError(f"{manifest.shard_dir}: split {split!r} has no shards")
     tars, indexes = [], []
