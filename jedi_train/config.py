@@ -81,6 +81,11 @@ class JediConfig:
     foreign_grad_scale: float = 1.0  # gradient of teacher losses into backbones j != d; 0 freezes
     foreign_grad_warmup_steps: int = 0  # foreign path closed for this many steps
     run_control: bool = True  # also train the self-training control with the same schedule
+    teacher_cache: bool = False  # cached-teacher mode: unlabelled targets from a zarr feature cache
+    teacher_cache_refresh_epochs: int = 1  # K: refill the cache with the current weights every K epochs
+    teacher_cache_dir: str = ""  # default <run_dir>/feature_cache/<variant> (where tools/cache_features.py writes)
+    teacher_fit_steps: int = 300  # teacher_init=fit: L-BFGS iterations
+    teacher_fit_weight_decay: float = 1e-3
 
 
 @dataclass
@@ -91,6 +96,9 @@ class RunConfig:
     stage: Literal["experts", "jedi", "eval", "all"] = "all"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = 10
+    checkpoint_every: int = 50  # optimiser steps between checkpoints (and one at every epoch end)
+    keep_checkpoints: int = 3  # newest checkpoints kept per stage
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
     clip: ClipConfig = field(default_factory=ClipConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -73,12 +73,15 @@ class JediModel(nn.Module):
     # ----- the joint step ---------------------------------------------------------------------------
     def forward(self, labelled_clips: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
                 unlabelled_clips: dict[str, torch.Tensor], unlabelled_student_clips: dict[str, torch.Tensor] | None = None,
-                unlabelled_true_labels: dict[str, torch.Tensor] | None = None, foreign_grad_scale: float = 1.0
-                ) -> dict[str, torch.Tensor]:
+                unlabelled_true_labels: dict[str, torch.Tensor] | None = None, foreign_grad_scale: float = 1.0,
+                cached_teacher_logits: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """All inputs are float clips [B,3,T,H,W] keyed by dataset. `unlabelled_student_clips` is the
         strong view (None: the student sees the teacher's view). `unlabelled_true_labels` only feeds
-        the pseudo-label precision diagnostic. Returns the total loss, each term per dataset, and
+        the pseudo-label precision diagnostic. `cached_teacher_logits` (cached-teacher mode): the
+        teacher's logits for the unlabelled clips, read from the feature cache, so unlabelled clips
+        pass only their own student's backbone. Returns the total loss, each term per dataset, and
         diagnostics (detached)."""
+        cached = cached_teacher_logits is not None
         strong = unlabelled_student_clips is not None
         student_view = unlabelled_student_clips if strong else unlabelled_clips
         # features[(j, d, part)]: backbone j on dataset d's clips; part L = labelled, U = teacher view
@@ -92,7 +95,7 @@ class JediModel(nn.Module):
             n_labelled = labelled_clips[j].shape[0]
             features[(j, j, "L")] = own[:n_labelled]
             student_unlabelled_features[j] = own[n_labelled:]
-            if strong:
+            if strong and not cached:
                 with torch.no_grad(), frozen_batchnorm_stats(backbone, freeze):
                     features[(j, j, "U")] = backbone(unlabelled_clips[j])
             else:
@@ -104,14 +107,14 @@ class JediModel(nn.Module):
             with frozen_batchnorm_stats(backbone, freeze):
                 with torch.set_grad_enabled(torch.is_grad_enabled() and foreign_grad_scale != 0.0):
                     foreign_labelled = backbone(torch.cat([labelled_clips[d] for d in foreign]))
-                with torch.no_grad():
-                    foreign_unlabelled = backbone(torch.cat([unlabelled_clips[d] for d in foreign]))
+                if not cached:
+                    with torch.no_grad():
+                        foreign_unlabelled = backbone(torch.cat([unlabelled_clips[d] for d in foreign]))
+                    for d, part in zip(foreign, foreign_unlabelled.split([unlabelled_clips[d].shape[0] for d in foreign])):
+                        features[(j, d, "U")] = part
             foreign_labelled = scale_gradient(foreign_labelled, foreign_grad_scale)
-            for d, part_l, part_u in zip(foreign,
-                                         foreign_labelled.split([labelled_clips[d].shape[0] for d in foreign]),
-                                         foreign_unlabelled.split([unlabelled_clips[d].shape[0] for d in foreign])):
-                features[(j, d, "L")] = part_l
-                features[(j, d, "U")] = part_u
+            for d, part in zip(foreign, foreign_labelled.split([labelled_clips[d].shape[0] for d in foreign])):
+                features[(j, d, "L")] = part
 
         out: dict[str, torch.Tensor] = {}
         total = 0.0
@@ -122,9 +125,12 @@ class JediModel(nn.Module):
             teacher_labelled_logits = self.teacher_heads[d](torch.cat([features[(j, d, "L")] for j in sources], 1))
             sup_student = F.cross_entropy(student_labelled_logits, labels[d])
             sup_teacher = F.cross_entropy(teacher_labelled_logits, labels[d])
-            with torch.no_grad():
-                teacher_unlabelled_logits = self.teacher_heads[d](
-                    torch.cat([features[(j, d, "U")] for j in sources], 1))
+            if cached:
+                teacher_unlabelled_logits = cached_teacher_logits[d].float()
+            else:
+                with torch.no_grad():
+                    teacher_unlabelled_logits = self.teacher_heads[d](
+                        torch.cat([features[(j, d, "U")] for j in sources], 1))
             student_unlabelled_logits = self.student_heads[d](student_unlabelled_features[d])
             if s.distillation == "soft":
                 dist = soft_distillation(student_unlabelled_logits, teacher_unlabelled_logits, s.temperature)

@@ -13,6 +13,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from jedi_train.cached_teacher import cached_teacher_targets, fit_teacher_heads, refresh_teacher_cache
+from jedi_train.checkpoint import Checkpointer, Interrupted, NonFiniteLoss, Progress, StopRequest
 from jedi_train.config import RunConfig
 from jedi_train.data import DatasetInfo, Streams
 from jedi_train.evaluate import accuracy
@@ -22,6 +24,11 @@ from jedi_train.train_experts import load_expert
 from pipeline.contract import to_model_input
 
 VARIANTS = {"jedi": "all", "self_training": "own"}
+
+
+def teacher_cache_dir(config: RunConfig, variant: str) -> Path:
+    root = Path(config.jedi.teacher_cache_dir) if config.jedi.teacher_cache_dir else config.run_dir / "feature_cache"
+    return root / variant
 
 
 def variant_path(config: RunConfig, variant: str) -> Path:
@@ -71,28 +78,46 @@ def validate(model: JediModel, streams: Streams, accelerator: Accelerator) -> di
 
 
 def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, infos: dict[str, DatasetInfo],
-               variant: str = "jedi") -> dict:
+               variant: str = "jedi", resume: bool = False) -> dict:
     cfg = config.jedi
     names = list(infos)
     device = accelerator.device
     model = build_jedi_model(config, infos, variant)
+    if cfg.teacher_init == "fit" and not resume:
+        fit = fit_teacher_heads(model.to(device), streams, accelerator, teacher_cache_dir(config, variant),
+                                cfg.teacher_fit_steps, cfg.teacher_fit_weight_decay)
+        accelerator.print(f"[{variant}] teacher_init=fit: " + ", ".join(
+            f"{n} val {s['val_top1']:.1f} (was {s['val_top1_before']:.1f})" for n, s in fit.items()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.1)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core = accelerator.unwrap_model(model)
     strong = config.data.strong_view
+    checkpointer = Checkpointer(accelerator, config.run_dir / variant / "checkpoints", config.keep_checkpoints)
 
-    best = {"epoch": -1, **validate(core, streams, accelerator)}  # epoch -1: the experts themselves
-    best_state = copy.deepcopy(core.state_dict())
-    accelerator.print(f"[{variant}] start: mean student val top-1 {best['mean_student']:.1f}")
-    meter, step = StepMeter(), 0
-    bar = tqdm(total=total_steps, desc=variant, disable=not accelerator.is_main_process)
-    for epoch in range(cfg.epochs):
-        labelled = {n: streams.train(n, "labelled", config.data.labelled_batch_size, cfg.steps_per_epoch, epoch)
-                    for n in names}
+    latest = checkpointer.latest() if resume else None
+    if latest:
+        progress, best_state = checkpointer.load(latest)
+        accelerator.print(f"[{variant}] resumed from {latest}: epoch {progress.epoch + 1}, "
+                          f"step {progress.step_in_epoch} of {cfg.steps_per_epoch}")
+    else:
+        progress = Progress(best={"epoch": -1, **validate(core, streams, accelerator)})  # -1: the experts
+        best_state = copy.deepcopy(core.state_dict())
+        accelerator.print(f"[{variant}] start: mean student val top-1 {progress.best['mean_student']:.1f}")
+    step_log = StepLog(config.run_dir / variant / "steps.jsonl", accelerator, progress.step)
+    stop = StopRequest()
+    meter = StepMeter()
+    bar = tqdm(total=total_steps, initial=progress.step, desc=variant, disable=not accelerator.is_main_process)
+    caches = None
+    while progress.epoch < cfg.epochs and not progress.finished:
+        epoch = progress.epoch
+        if cfg.teacher_cache and (epoch % cfg.teacher_cache_refresh_epochs == 0 or caches is None):
+            caches = refresh_teacher_cache(core, streams, accelerator, teacher_cache_dir(config, variant))
+        labelled = {n: streams.train(n, "labelled", config.data.labelled_batch_size, cfg.steps_per_epoch, epoch,
+                                     start_step=progress.step_in_epoch) for n in names}
         unlabelled = {n: streams.train(n, "unlabelled", config.data.unlabelled_batch_size, cfg.steps_per_epoch,
-                                       epoch, strong_view=strong) for n in names}
+                                       epoch, start_step=progress.step_in_epoch, strong_view=strong) for n in names}
         joint = zip(*labelled.values(), *unlabelled.values())
         for batches in meter.timed(joint):
             lab, unl = dict(zip(names, batches[:len(names)])), dict(zip(names, batches[len(names):]))
@@ -103,36 +128,82 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
                 unlabelled_clips={n: clips(unl[n]) for n in names},
                 unlabelled_student_clips={n: clips(unl[n], "strong_video") for n in names} if strong else None,
                 unlabelled_true_labels={n: unl[n]["label"].to(device) for n in names},
-                foreign_grad_scale=foreign_scale(config, step))
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(losses["loss"])
-            optimizer.step()
-            scheduler.step()
-            step += 1
+                foreign_grad_scale=foreign_scale(config, progress.step),
+                cached_teacher_logits=cached_teacher_targets(caches, unl, device) if caches else None)
+            # every rank must take the same decision: skip on a non-finite loss anywhere, stop on a signal anywhere
+            flags = accelerator.reduce(torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop.requested)],
+                                                    device=device), reduction="sum")
+            if flags[0] > 0:
+                keys = [k for b in batches for k in b["key"]]
+                accelerator.print(f"[{variant}] non-finite loss at step {progress.step}: skipped; batch keys {keys}")
+                progress.bad_steps_in_row += 1
+                if progress.bad_steps_in_row >= config.max_bad_steps:
+                    raise NonFiniteLoss(f"{progress.bad_steps_in_row} non-finite losses in a row at step "
+                                        f"{progress.step}; the last good checkpoint is {checkpointer.latest()}")
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(losses["loss"])
+                optimizer.step()
+                scheduler.step()
+                progress.bad_steps_in_row = 0
+            progress.step += 1
+            progress.step_in_epoch += 1
             meter.step_done(sum(b["video"].shape[0] for b in batches) * accelerator.num_processes)
             bar.update(1)
-            if step % config.log_every == 0 or step == total_steps:
+            step_log.write(progress.step, epoch, losses["loss"].item())
+            if progress.step % config.log_every == 0:
                 logged = {f"{variant}/{k}": v.item() for k, v in losses.items()}
                 accelerator.log(logged | {f"{variant}/clips_per_s": meter.clips_per_second,
-                                          f"{variant}/data_wait_pct": meter.data_wait_percent}, step=step)
+                                          f"{variant}/data_wait_pct": meter.data_wait_percent}, step=progress.step)
                 bar.set_postfix_str(meter.line(losses["loss"].item(), scheduler.get_last_lr()[0], streams.kind))
                 meter.reset()
+            if flags[1] > 0:
+                path = checkpointer.save(progress, best_state)
+                raise Interrupted(f"[{variant}] stopped by signal; checkpoint {path}; continue with --resume")
+            if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+                checkpointer.save(progress, best_state)
+        skipped_keys = sorted({k for loader in [*labelled.values(), *unlabelled.values()] for k in loader.skipped_keys})
+        skipped = len(skipped_keys)
+        progress.skipped_samples[str(epoch)] = skipped_keys
         scores = validate(core, streams, accelerator)
-        accelerator.log({f"{variant}/val/{k}": v for k, v in scores.items()}, step=step)
+        accelerator.log({f"{variant}/val/{k}": v for k, v in scores.items()} | {f"{variant}/skipped": skipped},
+                        step=progress.step)
         accelerator.print(f"[{variant}] epoch {epoch + 1}/{cfg.epochs}: mean student val top-1 "
-                          f"{scores['mean_student']:.1f} (best {best['mean_student']:.1f})")
-        if scores["mean_student"] > best["mean_student"]:
-            best = {"epoch": epoch, **scores}
+                          f"{scores['mean_student']:.1f} (best {progress.best['mean_student']:.1f}), "
+                          f"{skipped} corrupt samples skipped" + (f" {skipped_keys[:5]}" if skipped else ""))
+        progress.epoch, progress.step_in_epoch = epoch + 1, 0
+        if scores["mean_student"] > progress.best["mean_student"]:
+            progress.best = {"epoch": epoch, **scores}
             best_state = copy.deepcopy(core.state_dict())
-        elif epoch - best["epoch"] >= cfg.patience:
+        elif epoch - progress.best["epoch"] >= cfg.patience:
             accelerator.print(f"[{variant}] early stop: no better val top-1 for {cfg.patience} epochs")
-            break
+            progress.finished = True
+        checkpointer.save(progress, best_state)
     bar.close()
+    stop.restore()
     if accelerator.is_main_process:
         path = variant_path(config, variant)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(best_state, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
-        (path.parent / "best_val.json").write_text(json.dumps(best, indent=2))
+        (path.parent / "best_val.json").write_text(json.dumps(progress.best | {
+            "skipped_samples": progress.skipped_samples}, indent=2))
     accelerator.wait_for_everyone()
-    return best
+    return progress.best | {"skipped_samples": progress.skipped_samples}
+
+
+class StepLog:
+    """One JSON line per optimiser step (main process): the record golden-loss and resume tests read."""
+
+    def __init__(self, path: Path, accelerator: Accelerator, resume_step: int):
+        self.path = path if accelerator.is_main_process else None
+        if self.path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = [line for line in (path.read_text().splitlines() if path.is_file() else [])
+                    if json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, step: int, epoch: int, loss: float) -> None:
+        if self.path:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, "epoch": epoch, "loss": loss}) + "\n")
