@@ -2,7 +2,7 @@
 
 The primitives are the "actions" shared by the four synthetic datasets; the styles are their visual
 domains (METHOD.md section 1b). Everything is relative to the frame's short side, so a clip reads the
-same at 320x240, 256x340 or after a re-encode to a 48-px short side: the object spans about 20-35% of
+same at 320x240, 256x340 or after a re-encode to a 48-px short side: the object spans about 34-48% of
 the short side and its motion covers a large part of the frame, so a tiny 3D CNN at 32x32 can see it.
 
 Screen conventions (image y axis points down): `move_up` decreases y, `rotate_cw` turns clockwise as
@@ -50,7 +50,7 @@ def make_trajectory(primitive: str, num_frames: int, width: int, height: int,
                     rng: np.random.Generator) -> Trajectory:
     """Random instance of `primitive`: size, position, speed and phase are drawn from `rng`."""
     short = min(width, height)
-    radius = float(rng.uniform(0.12, 0.19)) * short  # bounding circle: 24-38% of the short side
+    radius = float(rng.uniform(0.17, 0.24)) * short  # bounding circle: 34-48% of the short side
     t = np.linspace(0.0, 1.0, num_frames)
     ones = np.ones(num_frames)
     scale = ones.copy()
@@ -61,7 +61,7 @@ def make_trajectory(primitive: str, num_frames: int, width: int, height: int,
         horizontal = primitive in ("move_left", "move_right")
         along, across = (width, height) if horizontal else (height, width)
         room = along - 2 * radius
-        distance = min(float(rng.uniform(0.35, 0.55)) * along, 0.95 * room)
+        distance = min(float(rng.uniform(0.5, 0.7)) * along, 0.95 * room)
         start = float(rng.uniform(radius + distance, along - radius))  # path runs toward 0 ...
         path = start - distance * t
         if primitive in ("move_right", "move_down"):
@@ -69,38 +69,38 @@ def make_trajectory(primitive: str, num_frames: int, width: int, height: int,
         other = float(rng.uniform(radius, across - radius)) * ones
         cx, cy = (path, other) if horizontal else (other, path)
     elif primitive in ("rotate_cw", "rotate_ccw"):
-        turn = float(rng.uniform(0.75, 1.5)) * np.pi
+        turn = float(rng.uniform(1.0, 1.6)) * np.pi
         sense = 1.0 if primitive == "rotate_cw" else -1.0
         angle = angle + sense * turn * t
         x, y = _static_position(width, height, radius, rng)
         cx, cy = x * ones, y * ones
     elif primitive in ("grow", "shrink"):
-        small, large = float(rng.uniform(0.55, 0.70)), float(rng.uniform(1.30, 1.50))
+        small, large = float(rng.uniform(0.45, 0.60)), float(rng.uniform(1.30, 1.50))
         ramp = small * (large / small) ** t  # geometric: the same relative change every frame
         scale = ramp if primitive == "grow" else ramp[::-1].copy()
         x, y = _static_position(width, height, radius * large, rng)
         cx, cy = x * ones, y * ones
     elif primitive == "shake":
-        amplitude = float(rng.uniform(0.06, 0.10)) * short
-        cycles = float(rng.uniform(3.0, 5.0))
+        amplitude = float(rng.uniform(0.10, 0.14)) * short
+        cycles = float(rng.uniform(2.0, 3.0))
         x, y = _static_position(width, height, radius + amplitude, rng)
         cx = x + amplitude * np.sin(2 * np.pi * cycles * t + rng.uniform(0, 2 * np.pi))
         cy = y * ones
     elif primitive == "bounce":
-        height_px = float(rng.uniform(0.15, 0.25)) * short
-        bounces = float(rng.uniform(1.5, 2.5))
+        height_px = float(rng.uniform(0.22, 0.30)) * short
+        bounces = float(rng.uniform(1.2, 1.8))
         x = float(rng.uniform(radius, width - radius))
         floor = float(rng.uniform(radius + height_px, height - radius))
         cx = x * ones
         cy = floor - height_px * np.abs(np.sin(np.pi * bounces * t + rng.uniform(0, np.pi)))
     elif primitive == "orbit":
-        orbit_radius = float(rng.uniform(0.12, 0.20)) * short
+        orbit_radius = float(rng.uniform(0.16, 0.22)) * short
         turns = float(rng.uniform(0.75, 1.25)) * rng.choice([-1.0, 1.0])
         x, y = _static_position(width, height, radius + orbit_radius, rng)
         phase = rng.uniform(0, 2 * np.pi) + 2 * np.pi * turns * t
         cx, cy = x + orbit_radius * np.cos(phase), y + orbit_radius * np.sin(phase)
     elif primitive == "blink":
-        blinks = float(rng.uniform(2.0, 3.0))
+        blinks = float(rng.uniform(1.5, 2.0))
         visible = np.sin(2 * np.pi * blinks * t + rng.uniform(0, 2 * np.pi)) > 0
         x, y = _static_position(width, height, radius, rng)
         cx, cy = x * ones, y * ones
@@ -207,7 +207,7 @@ def _inside_triangle(u: np.ndarray, v: np.ndarray, corners: np.ndarray) -> np.nd
 def _render_flat_arrow(traj: Trajectory, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     grey = rng.uniform(90, 170)
     background = np.clip(grey + rng.uniform(-10, 10, size=3), 0, 255)
-    contrast = rng.uniform(35, 60) * rng.choice([-1.0, 1.0])
+    contrast = rng.uniform(60, 90) * rng.choice([-1.0, 1.0])
     outline = np.clip(background + contrast + rng.uniform(-10, 10, size=3), 0, 255)
     thickness = float(rng.uniform(0.28, 0.38))  # of the arrow's size
     centroid = _ARROW.mean(axis=0)
@@ -237,7 +237,7 @@ def _render_flat_arrow(traj: Trajectory, width: int, height: int, rng: np.random
 
 def _render_dot_cloud(traj: Trajectory, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     short = min(width, height)
-    dot = max(2, round(short * float(rng.uniform(0.025, 0.035))))  # dot side, pixels
+    dot = max(2, round(short * float(rng.uniform(0.04, 0.05))))  # dot side, pixels
     num_dots = int(rng.integers(25, 45))
     # dots spread uniformly over the unit disk, fixed in the object's frame (coherent motion)
     r = np.sqrt(rng.uniform(0, 1, num_dots)) * (1 - dot / (2 * traj.radius))
@@ -245,7 +245,7 @@ def _render_dot_cloud(traj: Trajectory, width: int, height: int, rng: np.random.
     cloud_u, cloud_v = r * np.cos(phi), r * np.sin(phi)
     polarity = rng.choice([-1.0, 1.0])
     dot_values = np.clip(128 + polarity * rng.uniform(70, 110, size=(num_dots, 1)) + rng.uniform(-15, 15, size=(num_dots, 3)), 0, 255)
-    num_flicker = int(rng.integers(20, 40))
+    num_flicker = int(rng.integers(8, 16))
     frames = np.empty((len(traj.cx), height, width, 3), np.uint8)
     frames[:] = np.uint8(np.clip(128 + rng.uniform(-10, 10), 0, 255))
     keep_probability = float(rng.uniform(0.8, 0.92))
