@@ -19,7 +19,7 @@ from jedi_train.config import ConfigError, describe_keys, load_config, to_dict  
 from jedi_train.data import Streams, dataset_infos  # noqa: E402
 from jedi_train.report import evaluate_all, write_report  # noqa: E402
 from jedi_train.train_experts import train_experts  # noqa: E402
-from jedi_train.checkpoint import Interrupted  # noqa: E402
+from jedi_train.checkpoint import Interrupted, NonFiniteLoss  # noqa: E402
 from jedi_train.train_jedi import train_jedi, variant_path  # noqa: E402
 
 
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
         (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     try:
         summary = train(config, accelerator, streams, infos, args.resume)
-    except Interrupted as stop:
-        accelerator.print(str(stop))
+    except (Interrupted, NonFiniteLoss) as stop:
+        accelerator.print(f"{type(stop).__name__}: {stop}")
         accelerator.end_training()
         return 1
     if config.stage in ("eval", "all"):

@@ -28,8 +28,7 @@ def launch(args, env, output_dir) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen, output_dir: Path, timeout=600) -> int:
-    code = process.wait(timeout=timeout)
-    return code
+    return process.wait(timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +136,19 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tiny_shards, 
 def test_non_finite_losses_stop_the_run_with_last_good_checkpoint(tiny_shards, experts_dir, tmp_path):
     env = _env()
     run = _prepared_run(tmp_path, experts_dir, "tiny")
-    args = tiny_run_args(tiny_shards, run, NAMES) + JEDI + ["jedi.lr=1e38", "max_bad_steps=2"]
+    args = tiny_run_args(tiny_shards, run, NAMES) + JEDI + ["jedi.lr=1e15", "max_bad_steps=2"]
     result = subprocess.run([sys.executable, "jedi_train/run.py", *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     output = result.stdout + result.stderr
+    assert result.returncode == 1
     assert "non-finite loss" in output and "batch keys" in output and "2 non-finite losses in a row" in output
+    assert "Traceback" not in output
+    checkpointer = Checkpointer.__new__(Checkpointer)
+    checkpointer.directory = run / "tiny" / "jedi" / "checkpoints"
+    latest = checkpointer.latest()
+    assert latest is not None and f"last good checkpoint is {latest}" in output
+    load_file(str(latest / "model.safetensors"))
 
 
 def _corrupt_copy(shard_dir: Path, out: Path) -> list[str]:
