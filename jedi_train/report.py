@@ -37,6 +37,7 @@ def evaluate_all(config: RunConfig, accelerator: Accelerator, streams: Streams,
     metrics: dict = {name: {} for name in infos}
     for (name, model_name), logits_fn in models.items():
         metrics[name][model_name] = {
+            "chance": 100.0 / len(infos[name].classes),
             "single_clip": accuracy(logits_fn, streams.eval(name, "test", multi_view=False), accelerator),
             "multi_view": accuracy(logits_fn, streams.eval(name, "test", multi_view=True), accelerator)}
     return metrics
@@ -68,6 +69,11 @@ def save_chart(metrics: dict, view: str, path: Path) -> None:
         values = [metrics[d][model_name][view]["top1"] for d in datasets]
         ax.bar([x + i * width for x in range(len(datasets))], values, width, label=model_name.replace("_", " "))
     ax.set_xticks([x + width * (len(present) - 1) / 2 for x in range(len(datasets))], datasets)
+    for x, d in enumerate(datasets):  # chance level: 100 / number of classes
+        chance = metrics[d][present[0]].get("chance") if present else None
+        if chance:
+            ax.hlines(chance, x - width / 2, x + width * (len(present) - 0.5), colors="black", linestyles="dashed",
+                      label="chance" if x == 0 else None)
     ax.set_ylabel(f"test top-1 % ({view.replace('_', '-')})")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="upper left", ncol=2)
