@@ -56,14 +56,10 @@ class Checkpointer:
         return final
 
     def complete(self) -> list[Path]:
-        """Finished checkpoints, oldest first (half-written `.tmp-*` folders are not among them)."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(p for p in self.directory.glob("step-*") if (p / "progress.json").is_file())
+        return complete_checkpoints(self.directory)
 
     def latest(self) -> Path | None:
-        found = self.complete()
-        return found[-1] if found else None
+        return latest_checkpoint(self.directory)
 
     def load(self, path: Path) -> tuple[Progress, dict]:
         path = Path(path)
@@ -73,6 +69,19 @@ class Checkpointer:
         progress = Progress(**json.loads((path / "progress.json").read_text()))
         best_state = torch.load(path / "best_state.pt", map_location="cpu", weights_only=True)
         return progress, best_state
+
+
+def complete_checkpoints(directory: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (half-written `.tmp-*` folders are not among them)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("step-*") if (p / "progress.json").is_file())
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = complete_checkpoints(directory)
+    return found[-1] if found else None
 
 
 class StopRequest:

@@ -83,7 +83,7 @@ def load_backbone_weights(backbone: VideoBackbone, path: str | Path) -> None:
         rest = key.split(".", 2)[2]
         if index < last_block:
             renamed[f"stages.{index}.{rest}"] = value
-        elif rest.startswith("pool.") and isinstance(backbone.pool, nn.Module) and backbone.name in X3D_SIZES:
+        elif rest.startswith("pool.") and backbone.name in X3D_SIZES:
             renamed[rest] = value
     missing, unexpected = backbone.load_state_dict(renamed, strict=False)
     if missing or unexpected:

@@ -52,7 +52,11 @@ def tiny_run_args(shards: dict[str, Path], output_dir: Path, names=None) -> list
     return args
 
 
+def subprocess_env() -> dict:
+    """Environment for the trainer in a subprocess: CPU only, one thread (deterministic, no oversubscription)."""
+    return dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
 @pytest.fixture
 def cpu_env() -> dict:
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return env
+    return subprocess_env()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import ROOT, tiny_run_args
-from jedi_train.checkpoint import Checkpointer
+from conftest import ROOT, subprocess_env, tiny_run_args
+from jedi_train.checkpoint import latest_checkpoint
 
 NAMES = ["ucf101", "ssv2"]
 JEDI = ["stage=jedi", "jedi.run_control=false", "jedi.epochs=2", "jedi.steps_per_epoch=4", "checkpoint_every=1",
@@ -27,24 +27,15 @@ def launch(args, env, output_dir) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen, output_dir: Path, timeout=600) -> int:
-    return process.wait(timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def experts_dir(tiny_shards, tmp_path_factory):
     """Experts trained once; each test copies them into its own run folder."""
     out = tmp_path_factory.mktemp("experts_run")
-    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     code = subprocess.run([sys.executable, "jedi_train/run.py", *tiny_run_args(tiny_shards, out, NAMES),
                            "stage=experts"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert code.returncode == 0, code.stdout[-2000:] + code.stderr[-2000:]
     return out / "tiny" / "experts"
-
-
-def _env():
-    import os
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
 def _prepared_run(tmp_path: Path, experts_dir: Path, name: str) -> Path:
@@ -53,9 +44,7 @@ def _prepared_run(tmp_path: Path, experts_dir: Path, name: str) -> Path:
 
 
 def _final_weights(run_dir: Path) -> dict:
-    latest = Checkpointer.__new__(Checkpointer)
-    latest.directory = run_dir / "jedi" / "checkpoints"
-    return load_file(str(latest.latest() / "model.safetensors"))
+    return load_file(str(latest_checkpoint(run_dir / "jedi" / "checkpoints") / "model.safetensors"))
 
 
 def _wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout=300):
@@ -70,10 +59,10 @@ def _wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout=
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_shards, experts_dir, tmp_path):
-    env = _env()
+    env = subprocess_env()
     straight = _prepared_run(tmp_path / "a", experts_dir, "tiny")
     args_a = tiny_run_args(tiny_shards, straight, NAMES) + JEDI
-    assert finish(launch(args_a, env, straight), straight) == 0
+    assert launch(args_a, env, straight).wait(timeout=600) == 0
 
     killed = _prepared_run(tmp_path / "b", experts_dir, "tiny")
     args_b = tiny_run_args(tiny_shards, killed, NAMES) + JEDI
@@ -81,7 +70,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_shards, ex
     _wait_for_step(killed / "tiny", 3, process)  # mid-epoch 1 (4 steps an epoch)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert finish(launch(args_b + ["--resume"], env, killed), killed) == 0
+    assert launch(args_b + ["--resume"], env, killed).wait(timeout=600) == 0
     assert "resumed from" in (killed / "log.txt").read_text()
 
     a, b = _final_weights(straight / "tiny"), _final_weights(killed / "tiny")
@@ -94,7 +83,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_shards, ex
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(tiny_shards, experts_dir, tmp_path):
-    env = _env()
+    env = subprocess_env()
     run = _prepared_run(tmp_path, experts_dir, "tiny")
     args = tiny_run_args(tiny_shards, run, NAMES) + JEDI[:-2] + ["checkpoint_every=0", "jedi.patience=10"]
     process = launch(args, env, run)
@@ -104,12 +93,12 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tiny_shards, experts_di
     assert "stopped by signal" in (run / "log.txt").read_text()
     checkpoints = sorted((run / "tiny" / "jedi" / "checkpoints").glob("step-*"))
     assert checkpoints, "SIGTERM left no checkpoint"
-    assert finish(launch(args + ["--resume"], env, run), run) == 0
+    assert launch(args + ["--resume"], env, run).wait(timeout=600) == 0
     assert (run / "tiny" / "jedi" / "best.pt").is_file()
 
 
 def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tiny_shards, experts_dir, tmp_path):
-    env = _env()
+    env = subprocess_env()
     run = _prepared_run(tmp_path, experts_dir, "tiny")
     args = tiny_run_args(tiny_shards, run, NAMES) + JEDI
     process = launch(args, env, run)
@@ -125,16 +114,14 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tiny_shards, 
         time.sleep(0.002)
     process.wait()
     assert caught is not None, "never saw a checkpoint being written"
-    checkpointer = Checkpointer.__new__(Checkpointer)
-    checkpointer.directory = checkpoints
-    latest = checkpointer.latest()
+    latest = latest_checkpoint(checkpoints)
     assert latest is not None and latest.name != caught.name.removeprefix(".tmp-")
     load_file(str(latest / "model.safetensors"))  # loadable
-    assert finish(launch(args + ["--resume"], env, run), run) == 0
+    assert launch(args + ["--resume"], env, run).wait(timeout=600) == 0
 
 
 def test_non_finite_losses_stop_the_run_with_last_good_checkpoint(tiny_shards, experts_dir, tmp_path):
-    env = _env()
+    env = subprocess_env()
     run = _prepared_run(tmp_path, experts_dir, "tiny")
     args = tiny_run_args(tiny_shards, run, NAMES) + JEDI + ["jedi.lr=1e15", "max_bad_steps=2"]
     result = subprocess.run([sys.executable, "jedi_train/run.py", *args], cwd=ROOT, env=env,
@@ -144,9 +131,7 @@ def test_non_finite_losses_stop_the_run_with_last_good_checkpoint(tiny_shards, e
     assert result.returncode == 1
     assert "non-finite loss" in output and "batch keys" in output and "2 non-finite losses in a row" in output
     assert "Traceback" not in output
-    checkpointer = Checkpointer.__new__(Checkpointer)
-    checkpointer.directory = run / "tiny" / "jedi" / "checkpoints"
-    latest = checkpointer.latest()
+    latest = latest_checkpoint(run / "tiny" / "jedi" / "checkpoints")
     assert latest is not None and f"last good checkpoint is {latest}" in output
     load_file(str(latest / "model.safetensors"))
 
@@ -175,7 +160,7 @@ def test_corrupt_samples_are_skipped_and_counted(tiny_shards, tmp_path):
     broken = tmp_path / "ucf101"
     corrupt_keys = _corrupt_copy(tiny_shards["ucf101"], broken)
     args = tiny_run_args({"ucf101": broken}, tmp_path, ["ucf101"]) + ["stage=experts", "experts.epochs=2"]
-    result = subprocess.run([sys.executable, "jedi_train/run.py", *args], cwd=ROOT, env=_env(),
+    result = subprocess.run([sys.executable, "jedi_train/run.py", *args], cwd=ROOT, env=subprocess_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     checkpoints = sorted((tmp_path / "tiny" / "experts" / "checkpoints" / "ucf101").glob("step-*"))
