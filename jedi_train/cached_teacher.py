@@ -46,12 +46,15 @@ def _cache_outputs(model: JediModel, name: str, device: torch.device):
 
 def refresh_teacher_cache(model: JediModel, streams: Streams, accelerator: Accelerator, cache_dir: str | Path,
                           split: str = "unlabelled", chunk_rows: int = 64, rebuild: bool = True,
-                          batch_size: int | None = None, resident: bool = True) -> dict[str, FeatureCache]:
+                          batch_size: int | None = None, resident: bool = True,
+                          resident_features: bool = False) -> dict[str, FeatureCache]:
     """Bring every dataset's cache of `split` up to date with the model's current weights, all ranks
     filling disjoint chunks; returns the opened caches (complete on every rank). A cache already built for
     these weights is reused as it is (e.g. one filled by tools/cache_features.py before training).
     `resident`: hold each cache's teacher logits in host memory (rows x classes x 4 bytes), so a step's
-    lookup is an index, not a zarr read (which costs milliseconds, more than the passes it saves on a GPU).
+    lookup is an index, not a zarr read (which costs milliseconds, more than the passes it saves on a GPU);
+    `resident_features`: hold the students' feature arrays too (rows x sum of feature widths x 2 bytes),
+    for `cached_foreign_features`.
     `model` is the unwrapped JediModel; it is put in eval mode for the fill and restored after."""
     was_training = model.training
     model.eval()
@@ -80,7 +83,7 @@ def refresh_teacher_cache(model: JediModel, streams: Streams, accelerator: Accel
                 raise IncompleteCacheError(f"{path}: {int((cache.status == 0).sum())} rows still missing after "
                                            f"every rank's fill")
             if resident:
-                cache.load_resident([TEACHER_LOGITS])
+                cache.load_resident([TEACHER_LOGITS] + ([f"features/{j}" for j in sources] if resident_features else []))
             caches[name] = cache
     finally:
         model.train(was_training)
@@ -97,6 +100,19 @@ def cached_teacher_targets(caches: dict[str, FeatureCache], unlabelled_batches: 
                            device: torch.device | str) -> dict[str, torch.Tensor]:
     """The `cached_teacher_logits` argument of JediModel.forward for one step's unlabelled batches."""
     return {name: lookup_teacher_logits(caches[name], batch["key"], device) for name, batch in unlabelled_batches.items()}
+
+
+def cached_foreign_features(model: JediModel, caches: dict[str, FeatureCache], labelled_batches: dict[str, dict],
+                            device: torch.device | str) -> dict[str, dict[str, torch.Tensor]]:
+    """The `cached_foreign_features` argument of JediModel.forward: for each dataset d, the features of
+    every foreign backbone j (j != d, j read by d's teacher) on d's labelled batch, from d's labelled-split
+    cache (one read per dataset, all sources together)."""
+    out = {}
+    for d, batch in labelled_batches.items():
+        foreign = [j for j in model.teacher_sources(d) if j != d]
+        rows = caches[d].read_rows(list(batch["key"]), arrays=[f"features/{j}" for j in foreign])
+        out[d] = {j: torch.from_numpy(rows[f"features/{j}"]).to(device, non_blocking=True) for j in foreign}
+    return out
 
 
 # ----- logistic regression on cached features ------------------------------------------------------------------

@@ -83,6 +83,7 @@ class JediConfig:
     run_control: bool = True  # also train the self-training control with the same schedule
     teacher_cache: bool = False  # cached-teacher mode: unlabelled targets from a zarr feature cache
     teacher_cache_refresh_epochs: int = 1  # K: refill the cache with the current weights every K epochs
+    teacher_cache_labelled: bool = False  # also serve foreign backbones' labelled features from a cache (fgs=0)
     teacher_cache_dir: str = ""  # default <run_dir>/feature_cache/<variant> (where tools/cache_features.py writes)
     teacher_fit_steps: int = 300  # teacher_init=fit: L-BFGS iterations
     teacher_fit_weight_decay: float = 1e-3
@@ -199,6 +200,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     for name, dataset in config.datasets.items():
         if not dataset.shards:
             raise ConfigError(f"datasets.{name}.shards is not set: give the shard directory of {name}")
+    if config.jedi.teacher_cache_labelled and not (config.jedi.teacher_cache and config.jedi.foreign_grad_scale == 0):
+        raise ConfigError("jedi.teacher_cache_labelled=true needs jedi.teacher_cache=true and jedi.foreign_grad_scale=0 "
+                          f"(got teacher_cache={config.jedi.teacher_cache}, foreign_grad_scale="
+                          f"{config.jedi.foreign_grad_scale}): a cached feature passes no gradient to its backbone")
     return config
 
 

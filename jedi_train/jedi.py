@@ -74,14 +74,21 @@ class JediModel(nn.Module):
     def forward(self, labelled_clips: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
                 unlabelled_clips: dict[str, torch.Tensor], unlabelled_student_clips: dict[str, torch.Tensor] | None = None,
                 unlabelled_true_labels: dict[str, torch.Tensor] | None = None, foreign_grad_scale: float = 1.0,
-                cached_teacher_logits: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                cached_teacher_logits: dict[str, torch.Tensor] | None = None,
+                cached_foreign_features: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """All inputs are float clips [B,3,T,H,W] keyed by dataset. `unlabelled_student_clips` is the
         strong view (None: the student sees the teacher's view). `unlabelled_true_labels` only feeds
         the pseudo-label precision diagnostic. `cached_teacher_logits` (cached-teacher mode): the
         teacher's logits for the unlabelled clips, read from the feature cache, so unlabelled clips
-        pass only their own student's backbone. Returns the total loss, each term per dataset, and
-        diagnostics (detached)."""
+        pass only their own student's backbone. `cached_foreign_features[d][j]` (with the previous, and
+        only with foreign_grad_scale=0, since no gradient flows through a cached feature): backbone j's
+        features of dataset d's labelled clips from a labelled-split cache, so a labelled clip too passes
+        only its own backbone and the step costs N backbone passes instead of N^2. Returns the total
+        loss, each term per dataset, and diagnostics (detached)."""
         cached = cached_teacher_logits is not None
+        if cached_foreign_features is not None and (not cached or foreign_grad_scale != 0.0):
+            raise ValueError("cached_foreign_features needs cached_teacher_logits and foreign_grad_scale=0 "
+                             f"(got foreign_grad_scale={foreign_grad_scale}): a cached feature passes no gradient")
         strong = unlabelled_student_clips is not None
         student_view = unlabelled_student_clips if strong else unlabelled_clips
         # features[(j, d, part)]: backbone j on dataset d's clips; part L = labelled, U = teacher view
@@ -102,6 +109,10 @@ class JediModel(nn.Module):
                 features[(j, j, "U")] = own[n_labelled:].detach()
             foreign = [d for d in self.names if d != j and j in self.teacher_sources(d)]
             if not foreign:
+                continue
+            if cached_foreign_features is not None:  # every foreign feature is in the caches: no pass at all
+                for d in foreign:
+                    features[(j, d, "L")] = cached_foreign_features[d][j].to(own.dtype)
                 continue
             # other datasets' clips: never update this backbone's BatchNorm statistics
             with frozen_batchnorm_stats(backbone, freeze):

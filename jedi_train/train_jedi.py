@@ -13,7 +13,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from jedi_train.cached_teacher import cached_teacher_targets, fit_teacher_heads, refresh_teacher_cache
+from jedi_train.cached_teacher import (cached_foreign_features, cached_teacher_targets, fit_teacher_heads,
+                                      refresh_teacher_cache)
 from jedi_train.checkpoint import Checkpointer, Interrupted, NonFiniteLoss, Progress, StopRequest
 from jedi_train.config import RunConfig
 from jedi_train.data import DatasetInfo, Streams
@@ -109,11 +110,15 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
     stop = StopRequest()
     meter = StepMeter()
     bar = tqdm(total=total_steps, initial=progress.step, desc=variant, disable=not accelerator.is_main_process)
-    caches = None
+    caches, labelled_caches = None, None
+    has_foreign = any(len(core.teacher_sources(n)) > 1 for n in names)  # false for the control
     while progress.epoch < cfg.epochs and not progress.finished:
         epoch = progress.epoch
         if cfg.teacher_cache and (epoch % cfg.teacher_cache_refresh_epochs == 0 or caches is None):
             caches = refresh_teacher_cache(core, streams, accelerator, teacher_cache_dir(config, variant))
+            if cfg.teacher_cache_labelled and has_foreign:
+                labelled_caches = refresh_teacher_cache(core, streams, accelerator, teacher_cache_dir(config, variant),
+                                                        split="labelled", resident_features=True)
         labelled = {n: streams.train(n, "labelled", config.data.labelled_batch_size, cfg.steps_per_epoch, epoch,
                                      start_step=progress.step_in_epoch) for n in names}
         unlabelled = {n: streams.train(n, "unlabelled", config.data.unlabelled_batch_size, cfg.steps_per_epoch,
@@ -129,7 +134,9 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
                 unlabelled_student_clips={n: clips(unl[n], "strong_video") for n in names} if strong else None,
                 unlabelled_true_labels={n: unl[n]["label"].to(device) for n in names},
                 foreign_grad_scale=foreign_scale(config, progress.step),
-                cached_teacher_logits=cached_teacher_targets(caches, unl, device) if caches else None)
+                cached_teacher_logits=cached_teacher_targets(caches, unl, device) if caches else None,
+                cached_foreign_features=cached_foreign_features(core, labelled_caches, lab, device)
+                if labelled_caches else None)
             # every rank must take the same decision: skip on a non-finite loss anywhere, stop on a signal anywhere
             flags = accelerator.reduce(torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop.requested)],
                                                     device=device), reduction="sum")

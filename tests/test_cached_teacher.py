@@ -12,7 +12,7 @@ import zarr
 from accelerate import Accelerator
 
 from conftest import ROOT
-from jedi_train.cached_teacher import (cached_teacher_targets, fit_linear_head, fit_teacher_heads, linear_probe,
+from jedi_train.cached_teacher import (cached_foreign_features, cached_teacher_targets, fit_linear_head, fit_teacher_heads, linear_probe,
                                        lookup_teacher_logits, refresh_teacher_cache, teacher_fingerprint, top1)
 from jedi_train.config import load_config
 from jedi_train.data import Streams, dataset_infos
@@ -99,6 +99,46 @@ def test_cached_step_equals_full_step_on_the_cached_view(setup, tmp_path):
         for term in ("sup_student", "sup_teacher", "dist"):
             torch.testing.assert_close(cached[f"{name}/{term}"], full[f"{name}/{term}"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(cached["loss"], full["loss"], rtol=1e-4, atol=1e-5)
+
+
+def test_labelled_features_from_the_cache_equal_the_full_step_and_skip_foreign_passes(setup, tmp_path):
+    """teacher_cache_labelled: with foreign_grad_scale=0 the foreign backbones' labelled features come from a
+    labelled-split cache; on the cached view the losses equal the full step's (float16 storage aside), and
+    backbone j then receives gradient from dataset j's clips only."""
+    _, _, model, streams, accelerator, _ = setup
+    caches = refresh_teacher_cache(model, streams, accelerator, tmp_path)
+    labelled_caches = refresh_teacher_cache(model, streams, accelerator, tmp_path, split="labelled",
+                                            resident_features=True)
+    model.eval()
+    labelled, labels, unlabelled, lab_batches, unl_batches = {}, {}, {}, {}, {}
+    for name in NAMES:
+        clips, keys, _ = eval_clips(streams, name)
+        lab_clips, lab_keys, lab_labels = eval_clips(streams, name, "labelled")
+        labelled[name], labels[name], lab_batches[name] = lab_clips[:4], lab_labels[:4], {"key": lab_keys[:4]}
+        unlabelled[name], unl_batches[name] = clips[:6], {"key": keys[:6]}
+    foreign = cached_foreign_features(model, labelled_caches, lab_batches, "cpu")
+    assert {d: sorted(f) for d, f in foreign.items()} == {"ucf101": ["ssv2"], "ssv2": ["ucf101"]}
+    full = model(labelled, labels, unlabelled, foreign_grad_scale=0.0)
+    targets = cached_teacher_targets(caches, unl_batches, "cpu")
+    cached = model(labelled, labels, unlabelled, foreign_grad_scale=0.0, cached_teacher_logits=targets,
+                   cached_foreign_features=foreign)
+    for name in NAMES:
+        for term in ("sup_student", "sup_teacher", "dist"):
+            torch.testing.assert_close(cached[f"{name}/{term}"], full[f"{name}/{term}"], rtol=2e-3, atol=2e-3)
+    # only dataset j's clips pass backbone j: its gradient does not change when the other dataset's clips do
+    def backbone_grad(clips):
+        model.zero_grad()
+        model(clips, labels, unlabelled, foreign_grad_scale=0.0, cached_teacher_logits=targets,
+              cached_foreign_features=foreign)["loss"].backward()
+        return [p.grad.clone() for p in model.backbones["ucf101"].parameters() if p.grad is not None]
+    before = backbone_grad(labelled)
+    after = backbone_grad({**labelled, "ssv2": torch.randn_like(labelled["ssv2"])})
+    model.zero_grad()
+    model.train()
+    assert before and all(torch.equal(a, b) for a, b in zip(before, after))
+    with pytest.raises(ValueError, match="foreign_grad_scale=0"):
+        model(labelled, labels, unlabelled, foreign_grad_scale=1.0, cached_teacher_logits=targets,
+              cached_foreign_features=foreign)
 
 
 def test_logistic_regression_separates_and_folds_standardisation():

@@ -29,6 +29,8 @@ def test_yaml_then_overrides(tmp_path):
     (["datasets.ucf.backbone=resnet9"], ["datasets.ucf.backbone", "x3d_tiny"]),
     (["stage=train"], ["stage", "experts, jedi, eval, all"]),
     (["loader=dali"], ["unknown config key loader", "valid keys under the top level"]),
+    (["jedi.teacher_cache=true", "jedi.teacher_cache_labelled=true"],
+     ["jedi.teacher_cache_labelled", "jedi.foreign_grad_scale=0", "foreign_grad_scale=1.0"]),
 ])
 def test_bad_values_name_key_and_allowed(override, words):
     with pytest.raises(ConfigError) as error:

@@ -58,6 +58,24 @@ def test_jedi_and_control_start_from_the_same_experts(tiny_run):
     assert first[0] == pytest.approx(first[1], rel=1e-6)
 
 
+def test_cached_teacher_mode_trains_from_the_experts(tiny_run, tiny_shards, tmp_path):
+    """jedi.teacher_cache + teacher_cache_labelled (foreign_grad_scale=0): the stage fills the unlabelled
+    and labelled caches of every dataset, trains every step with finite losses and evaluates."""
+    shutil.copytree(tiny_run / "experts", tmp_path / "tiny" / "experts")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*tiny_run_args(tiny_shards, tmp_path), "stage=jedi", "jedi.run_control=false",
+                     "jedi.teacher_cache=true", "jedi.teacher_cache_labelled=true", "jedi.foreign_grad_scale=0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    steps = [json.loads(line) for line in (tmp_path / "tiny" / "jedi" / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 6 and all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)
+    for name in tiny_shards:
+        for split in ("unlabelled", "labelled"):
+            assert (tmp_path / "tiny" / "feature_cache" / "jedi" / name / f"{split}.zarr").is_dir()
+
+
 def test_manifest_classes_disagreeing_with_checkpoint_is_named(tiny_run, tiny_shards, tmp_path, capsys):
     changed = tmp_path / "ucf101"
     shutil.copytree(tiny_shards["ucf101"], changed)

@@ -1,16 +1,17 @@
 """Step time of the full JEDI step against cached-teacher mode, for N = 2, 3, 4 datasets, side by side.
 
   python tools/bench_jedi_step.py                        # CPU: demo clips 3x8x32x32, x3d_tiny, 16+16 per dataset
-  python tools/bench_jedi_step.py --foreign-grad-scale 0 # the frozen teacher path ablation
+  python tools/bench_jedi_step.py --foreign-grad-scale 0 # frozen teacher path: adds the cached_all mode
 
-Full step: every clip, labelled and unlabelled, passes all N backbones (the unlabelled ones without
-gradient). Cached mode: unlabelled clips pass only their own backbone; the teacher's logits are read by
-key from a real zarr feature cache (pipeline/feature_cache.py), and that read is inside the timed step.
-Both modes run on the same model, steps interleaved (full, cached, full, ...), so load from other
-processes hits both alike; the median of --steps steps after --warmup is reported.
-What to expect: backbone clip-passes per step are 2BN (own) + BN(N-1) (foreign labelled, with gradient)
-+ BN(N-1) (foreign unlabelled, no gradient) for the full step and the same without the last term
-cached, so the cache removes the quadratic unlabelled term; the labelled teacher term stays quadratic.
+Modes (one model, steps interleaved full, cached, [cached_all], full, ... so load from other processes
+hits every mode alike; the median of --steps steps after --warmup is reported):
+  full        every clip, labelled and unlabelled, passes all N backbones (unlabelled without gradient)
+  cached      jedi.teacher_cache: unlabelled clips pass only their own backbone; the teacher's logits are
+              read by key from a real zarr feature cache (pipeline/feature_cache.py) inside the timed step
+  cached_all  jedi.teacher_cache_labelled (only with --foreign-grad-scale 0): the foreign backbones'
+              features of the labelled clips come from the cache too, so every clip passes one backbone
+Backbone clip-passes per step: full 2BN (own) + BN(N-1) (foreign labelled) + BN(N-1) (foreign
+unlabelled, no gradient); cached drops the last term; cached_all drops both, leaving 2BN, linear in N.
 Writes <out>/bench_jedi_step.json and <out>/bench_jedi_step.png.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from jedi_train.cached_teacher import lookup_teacher_logits  # noqa: E402
+from jedi_train.cached_teacher import cached_foreign_features, lookup_teacher_logits  # noqa: E402
 from jedi_train.jedi import DistillSettings, JediModel  # noqa: E402
 from jedi_train.models import build_backbone  # noqa: E402
 from pipeline.contract import to_model_input  # noqa: E402
@@ -57,21 +58,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_caches(root: Path, names: list[str], rows: int, classes: int, generator: torch.Generator,
+def make_caches(root: Path, names: list[str], feature_dim: int, rows: int, classes: int, generator: torch.Generator,
                 resident: bool) -> dict:
-    """A real zarr cache per dataset, filled with random logits (their values do not change the cost)."""
+    """A real zarr cache per dataset (features of every backbone + teacher logits), filled with random
+    values (they do not change the cost); the unlabelled and the labelled lookups both read it."""
     caches = {}
     for name in names:
         keys = [f"{name}_{i:016x}" for i in range(rows)]
-        cache = create_cache(root / name / "unlabelled.zarr", keys=keys, identity=CacheIdentity("bench", "bench", "bench"),
-                             layout=CacheLayout(("own",), (8,), classes, chunk_rows=64), dataset=name, split="unlabelled")
+        cache = create_cache(root / name / "cache.zarr", keys=keys, identity=CacheIdentity("bench", "bench", "bench"),
+                             layout=CacheLayout(tuple(names), (feature_dim,) * len(names), classes, chunk_rows=64),
+                             dataset=name, split="unlabelled")
         for chunk in range(cache.num_chunks):
             n = len(cache.chunk_range(chunk))
-            cache.write_chunk(chunk, features={"own": np.zeros((n, 8), np.float32)},
+            cache.write_chunk(chunk, features={j: torch.randn(n, feature_dim, generator=generator).numpy() for j in names},
                               teacher_logits=torch.randn(n, classes, generator=generator).numpy(),
                               labels=np.zeros(n, np.int64), readable=np.ones(n, bool))
         if resident:
-            cache.load_resident()
+            cache.load_resident(cache.array_names)
         caches[name] = cache
     return caches
 
@@ -89,18 +92,24 @@ def bench_n(n: int, args, device: torch.device, cache_root: Path) -> dict:
     labelled = {d: to_model_input(video().to(device)) for d in names}
     labels = {d: torch.randint(0, args.classes, (args.batch,), generator=generator).to(device) for d in names}
     unlabelled = {d: to_model_input(video().to(device)) for d in names}
-    caches = make_caches(cache_root / f"n{n}", names, args.cache_rows, args.classes, generator, not args.zarr_reads)
+    feature_dim = model.backbones[names[0]].feature_dim
+    caches = make_caches(cache_root / f"n{n}", names, feature_dim, args.cache_rows, args.classes, generator,
+                         not args.zarr_reads)
 
-    def step(cached: bool) -> float:
+    def random_keys(d: str) -> list[str]:
+        return [caches[d].keys[r] for r in torch.randint(0, args.cache_rows, (args.batch,), generator=generator).tolist()]
+
+    def step(mode: str) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        targets = None
-        if cached:
-            rows = torch.randint(0, args.cache_rows, (args.batch,), generator=generator).tolist()
-            targets = {d: lookup_teacher_logits(caches[d], [caches[d].keys[r] for r in rows], device) for d in names}
+        targets, foreign = None, None
+        if mode in ("cached", "cached_all"):
+            targets = {d: lookup_teacher_logits(caches[d], random_keys(d), device) for d in names}
+        if mode == "cached_all":
+            foreign = cached_foreign_features(model, caches, {d: {"key": random_keys(d)} for d in names}, device)
         losses = model(labelled, labels, unlabelled, foreign_grad_scale=args.foreign_grad_scale,
-                       cached_teacher_logits=targets)
+                       cached_teacher_logits=targets, cached_foreign_features=foreign)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
@@ -108,10 +117,10 @@ def bench_n(n: int, args, device: torch.device, cache_root: Path) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    times = {"full": [], "cached": []}
+    times = {mode: [] for mode in modes(args)}
     for i in range(args.warmup + args.steps):
-        for mode in ("full", "cached"):  # interleaved: background load hits both modes alike
-            seconds = step(mode == "cached")
+        for mode in times:  # interleaved: background load hits every mode alike
+            seconds = step(mode)
             if i >= args.warmup:
                 times[mode].append(seconds)
     clips = 2 * args.batch * n
@@ -120,9 +129,14 @@ def bench_n(n: int, args, device: torch.device, cache_root: Path) -> dict:
         median = statistics.median(samples)
         result[mode] = {"median_s": median, "clips_per_s": clips / median, "samples_s": samples}
     b = args.batch
-    result["backbone_clip_passes"] = {"full": 2 * b * n + 2 * b * n * (n - 1), "cached": 2 * b * n + b * n * (n - 1)}
-    result["speedup"] = result["full"]["median_s"] / result["cached"]["median_s"]
+    result["backbone_clip_passes"] = {"full": 2 * b * n + 2 * b * n * (n - 1), "cached": 2 * b * n + b * n * (n - 1),
+                                      "cached_all": 2 * b * n}
+    result["speedup"] = {mode: result["full"]["median_s"] / result[mode]["median_s"] for mode in times if mode != "full"}
     return result
+
+
+def modes(args) -> list[str]:
+    return ["full", "cached"] + (["cached_all"] if args.foreign_grad_scale == 0 else [])
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
@@ -131,7 +145,9 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     ns = [r["N"] for r in results]
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for mode, marker in (("full", "o"), ("cached", "s")):
+    for mode, marker in (("full", "o"), ("cached", "s"), ("cached_all", "^")):
+        if mode not in results[0]:
+            continue
         ax.plot(ns, [1000 * r[mode]["median_s"] for r in results], marker=marker, label=f"{mode} step")
     ax.set_xlabel("datasets N")
     ax.set_ylabel("median step time (ms)")
@@ -158,29 +174,29 @@ def main(argv=None) -> int:
         for n in ns:
             results.append(bench_n(n, args, device, Path(tmp)))
             r = results[-1]
-            print(f"N={n}: full {1000 * r['full']['median_s']:.0f} ms, cached {1000 * r['cached']['median_s']:.0f} ms",
-                  flush=True)
+            print(f"N={n}: " + ", ".join(f"{m} {1000 * r[m]['median_s']:.0f} ms" for m in modes(args)), flush=True)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"\nJEDI step, {args.backbone}, clips {args.clip}, {args.batch}+{args.batch} per dataset, "
           f"foreign_grad_scale {args.foreign_grad_scale}, lookups {'zarr' if args.zarr_reads else 'resident'}, "
           f"{device_name}, median of {args.steps} steps")
-    print(f"{'N':>3} {'full ms':>9} {'cached ms':>10} {'full clips/s':>13} {'cached clips/s':>15} {'full/cached':>12}"
-          f" {'passes full':>12} {'passes cached':>14}")
+    names = modes(args)
+    print(f"{'N':>3} {'mode':>11} {'step ms':>9} {'clips/s':>9} {'full/mode':>10} {'backbone clip-passes':>21}")
     for r in results:
-        print(f"{r['N']:>3} {1000 * r['full']['median_s']:>9.1f} {1000 * r['cached']['median_s']:>10.1f} "
-              f"{r['full']['clips_per_s']:>13.1f} {r['cached']['clips_per_s']:>15.1f} {r['speedup']:>12.2f}"
-              f" {r['backbone_clip_passes']['full']:>12} {r['backbone_clip_passes']['cached']:>14}")
+        for mode in names:
+            ratio = r["speedup"].get(mode, 1.0)
+            print(f"{r['N']:>3} {mode:>11} {1000 * r[mode]['median_s']:>9.1f} {r[mode]['clips_per_s']:>9.1f} "
+                  f"{ratio:>10.2f} {r['backbone_clip_passes'][mode]:>21}")
     summary = {"device": device_name, "args": vars(args), "results": results}
     if len(results) >= 2:
         first, last = results[0], results[-1]
-        growth = {mode: last[mode]["median_s"] / first[mode]["median_s"] for mode in ("full", "cached")}
+        growth = {mode: last[mode]["median_s"] / first[mode]["median_s"] for mode in names}
         summary["growth_first_to_last_N"] = growth
-        print(f"step time N={first['N']} -> N={last['N']}: full x{growth['full']:.2f}, cached x{growth['cached']:.2f} "
-              f"(linear would be x{last['N'] / first['N']:.2f}, quadratic x{(last['N'] / first['N']) ** 2:.2f})")
+        print(f"step time N={first['N']} -> N={last['N']}: " + ", ".join(f"{m} x{g:.2f}" for m, g in growth.items())
+              + f" (linear would be x{last['N'] / first['N']:.2f}, quadratic x{(last['N'] / first['N']) ** 2:.2f})")
     if 4 in ns:
-        ratio = next(r["speedup"] for r in results if r["N"] == 4)
-        summary["ratio_full_over_cached_at_N4"] = ratio
-        print(f"ratio full / cached at N=4: {ratio:.2f}")
+        ratios = next(r["speedup"] for r in results if r["N"] == 4)
+        summary["ratio_full_over_mode_at_N4"] = ratios
+        print("ratio full / mode at N=4: " + ", ".join(f"{m} {x:.2f}" for m, x in ratios.items()))
     (out / "bench_jedi_step.json").write_text(json.dumps(summary, indent=2))
     plot(results, out / "bench_jedi_step.png",
          f"{args.backbone} {args.clip}, B={args.batch}+{args.batch}, fgs={args.foreign_grad_scale}, {device_name}")
