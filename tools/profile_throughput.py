@@ -450,22 +450,31 @@ def jedi_rows(settings: ProfileSettings, inputs: Inputs, notes: list[str]) -> li
     steps = settings.jedi_warmup_steps + settings.jedi_steps
     jedi_settings = replace(settings, batch_size=settings.jedi_batch_size)
     workers = max(settings.workers)
-    feeders = [("torch loader", "H.264 shards", workers,
-                lambda: our_batches(inputs.h264, jedi_settings, workers, steps * streams, pin_memory=on_gpu))]
+    # feeders give one iterator per stream. The torch loader: one DataLoader whose workers serve all
+    # streams. DALI: one loader per stream, as the trainer builds them (jedi_train/data.py), each with one
+    # batch decoding while the step runs, its CPU threads a share of the workers.
+    def torch_streams():
+        shared = our_batches(inputs.h264, jedi_settings, workers, steps * streams, pin_memory=on_gpu)
+        return [shared] * streams
+
+    def dali_streams():
+        threads = max(1, workers // streams)
+        return [dali_batches(inputs.h264, jedi_settings, threads, steps, "gpu") for _ in range(streams)]
+
+    feeders = [("torch loader", "H.264 shards", workers, torch_streams)]
     if on_gpu and "dali_gpu" in settings.what and dali_available(notes):
-        feeders.append(("DALI gpu", "H.264 shards", workers,
-                        lambda: dali_batches(inputs.h264, jedi_settings, workers, steps * streams, "gpu")))
+        feeders.append(("DALI gpu", "H.264 shards, a loader per stream", workers, dali_streams))
     precision = torch.bfloat16 if on_gpu else None
     rows = []
     for name, data, feeder_workers, make in feeders:
-        batches = make()
+        per_stream = make()
         sampler = maybe_nvml(settings, notes)
         timings = []
         if sampler is not None:
             sampler.__enter__()
         for step in tqdm(range(steps), desc=f"JEDI step ({name})", unit="step", leave=False):
             started = time.perf_counter()
-            parts = [next(batches) for _ in range(streams)]
+            parts = [next(stream) for stream in per_stream]
             waited = time.perf_counter() - started
             clips = [to_model_input(p[VIDEO].to(device, non_blocking=True)) for p in parts]
             labels = [p[LABEL].to(device, non_blocking=True) for p in parts]
@@ -481,9 +490,10 @@ def jedi_rows(settings: ProfileSettings, inputs: Inputs, notes: list[str]) -> li
                 timings.append((time.perf_counter() - started, waited))
         if sampler is not None:
             sampler.__exit__(None, None, None)
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+        for stream in set(per_stream):
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
         step_s = statistics.median(t for t, _ in timings)
         wait = sum(w for _, w in timings) / sum(t for t, _ in timings)
         row = {"section": "jedi_step", "contender": name, "data": data, "workers": feeder_workers,

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every GPU check of this repository in one command, for a short lease of a GPU machine:
+#   1. tools/gpu_check_dali.py       the DALI GPU data path (NVDEC): batch contract, corrupt sample, resume
+#   2. tools/bench_jedi_step.py      full JEDI step vs cached-teacher modes, N = 2, 3, 4, X3D-S students
+#   3. tools/profile_throughput.py   --preset gpu_quick: DALI GPU vs torch loader vs PyTorchVideo, NVDEC
+#                                    utilisation, data-wait % of the JEDI step, keyframe-interval sweep
+# Each step has its own time limit, so a hang in one still leaves the others' results. Logs, JSON and PNGs
+# go to $OUT (default runs/gpu_checks). Needs python3 with torch + CUDA and this project's dependencies
+# importable (PYTHONPATH is extended with /tmp/site, where the device bundle unpacks them).
+#
+#   bash scripts/gpu_checks.sh            # ~6 minutes on one H100/H200
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu_checks}
+mkdir -p "$OUT"
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, nvidia.dali; print('torch', torch.__version__, '| dali', nvidia.dali.__version__, '| cpus', __import__('os').cpu_count())"
+
+step() {  # name, time limit (s), lines of the log to print, command...
+  local name=$1 limit=$2 lines=$3
+  shift 3
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - start)) s (limit $limit s); last $lines lines of $OUT/$name.log"
+  grep -v -E "it/s\]|s/it\]|FutureWarning|warnings.warn" "$OUT/$name.log" | tail -n "$lines"
+}
+
+step gpu_check 120 14 python3 tools/gpu_check_dali.py --steps 20
+step bench_jedi_step 100 14 python3 tools/bench_jedi_step.py --foreign-grad-scale 0 --backbone x3d_s \
+    --clip 3x13x160x160 --batch 8 --warmup 3 --steps 10 --out "$OUT"
+step profile 330 45 python3 tools/profile_throughput.py --preset gpu_quick --work-dir /tmp/throughput \
+    --json "$OUT/profile.json" --png "$OUT/profile.png"
