@@ -54,13 +54,6 @@ from pipeline.manifest import Manifest, load_manifest
 log = logging.getLogger(__name__)
 
 DEVICES = ("gpu", "cpu")
-# How the training pipeline asks the video decoder for a clip's frames:
-#   "frames"    the list of frame indices (exactly the CPU loader's clip, reversal included)
-#   "sequence"  the first frame, the stride and T: the decoder seeks once and decodes forward. Clips that
-#               run past the end repeat the last frame reached at the stride (the CPU loader repeats the
-#               video's last frame: the two differ by < stride frames in such tails); time reversal is a
-#               flip of the decoded clip.
-DECODE_MODES = ("frames", "sequence")
 # Codecs the PyPI build of DALI decodes on the CPU (the "mixed" decoder adds H.264, HEVC, AV1, MPEG-4).
 CPU_DECODABLE = ("vp8", "vp9", "mjpeg")
 _LUMA = (0.299, 0.587, 0.114)  # same weights as pipeline.augment
@@ -165,10 +158,8 @@ def _strong_colour(clip, brightness, contrast, saturation, grayscale):
 
 
 def _clip_pipeline(clip: ClipSpec, *, mode: str, device: str, batch_size: int, num_threads: int,
-                   device_id: int | None, strong: bool, decode: str = "frames"):
-    """mode "train": one view [3, T, S, S] (+ a strong view); mode "eval": [V, 3, T, S, S].
-    decode "frames": the decoder gets the clip's frame indices; "sequence" (train only): it gets the first
-    frame and decodes T frames at the clip's stride forward (see DECODE_MODES)."""
+                   device_id: int | None, strong: bool):
+    """mode "train": one view [3, T, S, S] (+ a strong view); mode "eval": [V, 3, T, S, S]."""
     from nvidia.dali import fn, pipeline_def, types
 
     size = [clip.crop_size, clip.crop_size]
@@ -188,13 +179,9 @@ def _clip_pipeline(clip: ClipSpec, *, mode: str, device: str, batch_size: int, n
     @pipeline_def(prefetch_queue_depth=1)  # the Python join keeps exactly one batch in flight
     def graph():
         video = source("video", types.UINT8, 1)
-        decoder = "mixed" if on_gpu else "cpu"
-        if decode == "sequence":
-            frames = fn.decoders.video(video, device=decoder, start_frame=source("start", types.INT32, 0),
-                                       stride=clip.stride, sequence_length=clip.frames, pad_mode="edge")
-        else:
-            frames = fn.decoders.video(video, device=decoder, frames=source("frames", types.INT32, 1),
-                                       pad_mode="edge")  # [T or clips*T, H, W, 3]
+        frame_ids = source("frames", types.INT32, 1)
+        frames = fn.decoders.video(video, device="mixed" if on_gpu else "cpu", frames=frame_ids,
+                                   pad_mode="edge")  # [T or clips*T, H, W, 3]
         if mode == "eval":
             views = [crop(frames, source(f"roi_start{c}", types.FLOAT, 1), source(f"roi_end{c}", types.FLOAT, 1))
                      for c in range(clip.test_crops)]
@@ -295,14 +282,10 @@ class _DaliClips:
         self.on_gpu = on_gpu
         self.output_names = output_names
         self.in_flight = False
-        self.reverse: list[int] = []
 
     def submit(self, params: list[dict[str, np.ndarray]]) -> None:
-        """Feed one batch; keys starting with "_" are for the Python side (`_reverse`: flip time after decoding)."""
         for name in params[0]:
-            if not name.startswith("_"):
-                self.pipe.feed_input(name, [p[name] for p in params])
-        self.reverse = [i for i, p in enumerate(params) if p.get("_reverse", False)]
+            self.pipe.feed_input(name, [p[name] for p in params])
         self.pipe.schedule_run()
         self.in_flight = True
 
@@ -316,12 +299,8 @@ class _DaliClips:
         except RuntimeError as error:
             return error
         # exec_dynamic outputs own their memory, so DLPack hands it to torch without a copy
-        tensors = {name: to_torch_tensor(out.as_tensor(), copy=not self.pipe.exec_dynamic)
-                   for name, out in zip(self.output_names, outputs)}
-        for index in self.reverse:  # decode="sequence" with time reversal: [3, T, H, W], flip T
-            for tensor in tensors.values():
-                tensor[index] = tensor[index].flip(1)
-        return tensors
+        return {name: to_torch_tensor(out.as_tensor(), copy=not self.pipe.exec_dynamic)
+                for name, out in zip(self.output_names, outputs)}
 
     def decodable(self, params: dict[str, np.ndarray]) -> bool:
         """Decode one sample alone (a batch of one) to see whether DALI can."""
@@ -399,12 +378,9 @@ class DaliTrainLoader(_LoaderBase):
     def __init__(self, shard_dir, split, clip: ClipSpec, augment: AugmentSpec, *, batch_size: int,
                  steps_per_epoch: int, rank: int = 0, world_size: int = 1, seed: int = 0, device: str = "gpu",
                  strong_view: bool | StrongAugmentSpec = False, num_threads: int = 2,
-                 build_missing_index: bool = False, decode: str = "frames"):
+                 build_missing_index: bool = False):
         super().__init__(shard_dir, split, clip, batch_size=batch_size, rank=rank, world_size=world_size,
                          seed=seed, device=device, num_threads=num_threads, build_missing_index=build_missing_index)
-        if decode not in DECODE_MODES:
-            raise ValueError(f"decode={decode!r}: allowed values are {', '.join(DECODE_MODES)}")
-        self.decode = decode
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch={steps_per_epoch}: must be >= 1")
         manifest = self.manifest
@@ -432,8 +408,7 @@ class DaliTrainLoader(_LoaderBase):
         names = (VIDEO, STRONG_VIDEO) if self.strong else (VIDEO,)
         self._clips = _DaliClips(_clip_pipeline(self.clip, mode="train", device=self.device,
                                                 batch_size=self.batch_size, num_threads=self.num_threads,
-                                                device_id=self._device_id(), strong=self.strong is not None,
-                                                decode=self.decode),
+                                                device_id=self._device_id(), strong=self.strong is not None),
                                  self.device == "gpu", names)
         self._clips.pipe.build()
 
@@ -441,12 +416,7 @@ class DaliTrainLoader(_LoaderBase):
         def params_of(samples: list[_Sample]) -> list[dict[str, np.ndarray]]:
             state = np.random.SeedSequence([self.seed, self.rank, index]).generate_state(2, np.uint32)
             generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-            params = [_train_params(s, self.clip, self.augment, self.strong, generator) for s in samples]
-            if self.decode == "sequence":  # the same draws; the decoder gets the first frame instead of the list
-                for p in params:
-                    frames = p.pop("frames")
-                    p["start"], p["_reverse"] = np.int32(frames.min()), bool(frames[0] > frames[-1])
-            return params
+            return [_train_params(s, self.clip, self.augment, self.strong, generator) for s in samples]
         return params_of
 
     def _submit(self, index: int) -> None:
@@ -564,13 +534,12 @@ class DaliEvalLoader(_LoaderBase):
 def dali_train_loader(shard_dir, split, clip: ClipSpec, augment: AugmentSpec, *, batch_size: int,
                       steps_per_epoch: int, rank: int = 0, world_size: int = 1, seed: int = 0, device: str = "gpu",
                       strong_view: bool | StrongAugmentSpec = False, num_threads: int = 2,
-                      build_missing_index: bool = False, decode: str = "frames") -> DaliTrainLoader:
+                      build_missing_index: bool = False) -> DaliTrainLoader:
     """Training batches {VIDEO, [STRONG_VIDEO], LABEL, KEY, SKIPPED_KEYS}: exactly `steps_per_epoch`
-    per iteration over the loader. `strong_view=True` uses the default StrongAugmentSpec; `decode` is
-    one of DECODE_MODES."""
+    per iteration over the loader. `strong_view=True` uses the default StrongAugmentSpec."""
     return DaliTrainLoader(shard_dir, split, clip, augment, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                            rank=rank, world_size=world_size, seed=seed, device=device, strong_view=strong_view,
-                           num_threads=num_threads, build_missing_index=build_missing_index, decode=decode)
+                           num_threads=num_threads, build_missing_index=build_missing_index)
 
 
 def dali_eval_loader(shard_dir, split, clip: ClipSpec, *, batch_size: int, rank: int = 0, world_size: int = 1,

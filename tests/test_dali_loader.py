@@ -100,23 +100,6 @@ def test_train_batches_follow_the_contract(vp9_shards):
     assert loader.skipped_keys == []
 
 
-def test_sequence_decoding_gives_the_frames_mode_batches(vp9_shards):
-    """decode="sequence" (first frame + stride, time reversal as a flip) rebuilds the clips that the frame
-    list gives, on these videos whose clamped tails land on the stride (5 frames, stride 2)."""
-    def batches(decode):
-        loader = dali_train_loader(vp9_shards, "labelled", CLIP, AugmentSpec(time_reversal=True), batch_size=4,
-                                   steps_per_epoch=4, device="cpu", strong_view=True, seed=3, decode=decode)
-        return list(loader)
-    frames, sequence = batches("frames"), batches("sequence")
-    for a, b in zip(frames, sequence):
-        assert a[KEY] == b[KEY]
-        for name in (VIDEO, STRONG_VIDEO):
-            assert torch.equal(a[name], b[name])
-    with pytest.raises(ValueError, match="frames, sequence"):
-        dali_train_loader(vp9_shards, "labelled", CLIP, AugmentSpec(), batch_size=4, steps_per_epoch=1,
-                          device="cpu", decode="seek")
-
-
 def test_eval_ranks_are_disjoint_and_cover_the_split(vp9_shards):
     truth = split_keys(vp9_shards, "val")
     seen = []

@@ -95,7 +95,6 @@ class ProfileSettings:
     jedi_steps: int = 3
     jedi_warmup_steps: int = 3  # the first steps pick conv kernels (CPU: ~15 s for the very first)
     nvml_interval_s: float = 0.05
-    dali_decode: str = "frames"  # pipeline.dali_loader.DECODE_MODES
     json_path: Path | None = None
     png_path: Path | None = None
 
@@ -277,8 +276,7 @@ def dali_batches(shard_dir: Path, settings: ProfileSettings, threads: int, steps
     from pipeline.dali_loader import dali_train_loader
 
     loader = dali_train_loader(shard_dir, SPLIT, settings.clip, AugmentSpec(), batch_size=settings.batch_size,
-                               steps_per_epoch=steps, device=device, num_threads=threads, build_missing_index=True,
-                               decode=settings.dali_decode)
+                               steps_per_epoch=steps, device=device, num_threads=threads, build_missing_index=True)
     try:
         yield from loader
     finally:
@@ -751,9 +749,6 @@ def parse_args(argv: list[str] | None = None) -> ProfileSettings:
     p.add_argument("--jedi-steps", type=int, default=None, help=f"timed JEDI steps (default {d.jedi_steps})")
     p.add_argument("--jedi-warmup-steps", type=int, default=d.jedi_warmup_steps,
                    help="untimed JEDI steps first (kernel selection makes the first steps slow)")
-    p.add_argument("--dali-decode", choices=("frames", "sequence"), default=d.dali_decode,
-                   help="how DALI's decoder is asked for a clip: the frame indices, or first frame + stride + T "
-                        "(pipeline/dali_loader.py DECODE_MODES)")
     p.add_argument("--json", type=Path, help="JSON output (default <work-dir>/throughput.json)")
     p.add_argument("--png", type=Path, help="plot (default <work-dir>/throughput.png)")
     args = p.parse_args(argv)
@@ -774,7 +769,7 @@ def parse_args(argv: list[str] | None = None) -> ProfileSettings:
             sweep_gops=pick("sweep_gops", args.sweep_gops), sweep_short_sides=pick("sweep_short_sides", args.sweep_short_sides),
             jedi_backbone=pick("jedi_backbone", args.jedi_backbone), jedi_batch_size=pick("jedi_batch_size", args.jedi_batch_size),
             jedi_steps=pick("jedi_steps", args.jedi_steps),
-            jedi_warmup_steps=args.jedi_warmup_steps, dali_decode=args.dali_decode, json_path=args.json, png_path=args.png)
+            jedi_warmup_steps=args.jedi_warmup_steps, json_path=args.json, png_path=args.png)
     except ValueError as error:
         p.error(str(error))
 
