@@ -2,7 +2,7 @@
 videos and the same clip spec, plus data-wait under a real JEDI step and a shard-settings sweep.
 
     python tools/profile_throughput.py --work-dir runs/throughput --videos 64 --workers 1,2 --repeats 3
-    python tools/profile_throughput.py --preset gpu_quick --work-dir /tmp/tp     # GPU machine, < 5 min
+    python tools/profile_throughput.py --preset gpu_quick --work-dir /tmp/tp     # GPU machine, see the preset
 
 Sections (`--what`, comma separated):
   loaders    pipeline.cpu_loader.train_loader over our H.264 shards, for each --workers count
@@ -61,7 +61,9 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".webm")
 SPLIT = "labelled"  # every selected video goes to this split (label fraction 1, val fraction 0)
 JEDI_STUDENTS = ("ucf101", "hmdb51", "kinetics400", "ssv2")  # names only: all four read the same stream
 PRESETS = {
-    # One GPU machine, < 5 min including input generation: DALI GPU + torch loader with 16 workers,
+    # One GPU machine: 75 s including input generation without DALI; with DALI's GPU path at the ~12 clips/s
+    # measured on an H200 (docs/benchmarks.md) each DALI contender takes ~65 s and the preset ~15 min.
+    # DALI GPU + torch loader with 16 workers,
     # the JEDI step with four X3D-S students, NVML sampling, a small keyframe-interval sweep.
     "gpu_quick": dict(what=("loaders", "peer", "dali_gpu", "jedi_step", "sweep"), videos=128, workers=(16,),
                       repeats=3, timed_clips=512, synthetic_size="demo", jedi_backbone="x3d_s",
@@ -708,7 +710,8 @@ def parse_args(argv: list[str] | None = None) -> ProfileSettings:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="gpu_quick: loaders+peer+dali_gpu+jedi_step+sweep, 16 workers, x3d_s students, 128 videos, "
-                        "gop sweep 4,8,16; finishes in < 5 min on one GPU machine (flags given after it win)")
+                        "gop sweep 4,8,16; 75 s on an H200 without DALI, ~15 min with DALI at its measured speed "
+                        "(flags given after it win)")
     p.add_argument("--what", default=None, help=f"comma-separated sections from {','.join(SECTIONS)} "
                                                 f"(default {','.join(d.what)})")
     p.add_argument("--work-dir", type=Path, default=Path("runs/throughput"),
