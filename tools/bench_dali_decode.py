@@ -12,6 +12,7 @@ Every configuration reads the same shards; each is timed over --clips clips afte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
                   f"{row['frames_per_s']:>7} frames/s  NVDEC mean {nvdec.get('mean')} max {nvdec.get('max')}  "
                   f"GPU mean {(row['gpu_util_pct'] or {}).get('mean')}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"device": torch.cuda.get_device_name(0), "clip": vars(clip) if hasattr(clip, "__dict__") else str(clip),
+    result = {"device": torch.cuda.get_device_name(0), "clip": dataclasses.asdict(clip),
               "strong_view": args.strong_view, "reader_ms_per_batch_of_8": round(1000 * reader_s, 2), "rows": rows}
     (args.out / "bench_dali_decode.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {args.out / 'bench_dali_decode.json'}")
