@@ -88,9 +88,8 @@ def main(argv=None) -> int:
         return 2
     clip = ClipSpec(frames=args.frames, stride=args.stride, crop_size=args.crop)
     with tempfile.TemporaryDirectory(prefix="bench_dali_decode_") as tmp:
-        shards = args.shards or write_h264_shards(Path(tmp) / "h264", samples=128, frames=args.video_frames,
-                                                  short_side=args.short_side, gop=args.gop, samples_per_shard=64,
-                                                  empty_index=-1)
+        shards = args.shards or write_h264_shards(Path(tmp), samples=128, frames=args.video_frames,
+                                                  short_side=args.short_side, gop=args.gop, samples_per_shard=64)
         reader = dali_train_loader(shards, args.split, clip, AugmentSpec(), batch_size=8, steps_per_epoch=1, device="gpu")
         reader_s = time_reader(reader, 20)
         print(f"sample reader alone: {1000 * reader_s:.1f} ms per batch of 8 ({8 / reader_s:.0f} samples/s)", flush=True)

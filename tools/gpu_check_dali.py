@@ -1,6 +1,6 @@
 """One short device check of the DALI GPU data path (NVDEC via DALI's "mixed" video decoder).
 
-Writes tiny H.264 shards (pipeline.video_encode, with DALI index files and a manifest, one sample
+Writes tiny H.264 shards (tests/shard_fixture.py, with DALI index files and a manifest, one sample
 deliberately empty), then on the GPU: the training batch contract (weak + strong view) on cuda,
 the evaluation contract, the corrupt sample skipped and counted, exact resume from a loader state,
 and training clips/s. Exits non-zero on the first failed check.
@@ -11,82 +11,37 @@ and training clips/s. Exits non-zero on the first failed check.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import webdataset as wds
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from pipeline.contract import (KEY, LABEL, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec,  # noqa: E402
                                to_model_input)
 from pipeline.dali_loader import dali_eval_loader, dali_train_loader, write_index  # noqa: E402
-from pipeline.video_encode import EncodeSettings, encode_video_bytes, even_size  # noqa: E402
+from pipeline.video_encode import even_size  # noqa: E402
+from tests.shard_fixture import FixtureSpec, write_shard_set  # noqa: E402
 
 CLASSES = 4
 
 
-def moving_square(num_frames: int, height: int, width: int, label: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 [T, H, W, 3]: a panning noise texture (real work for the codec) and a class-coloured square."""
-    texture = np.kron(rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8),
-                      np.ones((8, 8, 1), np.uint8))[:height, :width]
-    side = height // 4
-    out = np.empty((num_frames, height, width, 3), np.uint8)
-    for t in range(num_frames):
-        frame = np.roll(texture, t, axis=1) // 2 + 64
-        x = (3 * t) % (width - side)
-        frame[height // 3:height // 3 + side, x:x + side] = (60 * label) % 256
-        out[t] = frame
-    return out
-
-
-def write_h264_shards(shard_dir: Path, *, samples: int, frames: int, short_side: int, gop: int,
-                      samples_per_shard: int, empty_index: int) -> Path:
-    """`labelled` and `val` splits of H.264 mp4 + json, with .idx files and manifest.json."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
+def write_h264_shards(out: Path, *, samples: int, frames: int, short_side: int, gop: int,
+                      samples_per_shard: int, empty_index: int | None = None) -> Path:
+    """`labelled` and `val` (1/4 of it) H.264 shards of tests/shard_fixture.py under <out>/gpucheck, with a DALI
+    index file next to each tar; labelled sample `empty_index` (if given) holds an empty video."""
     width, height = even_size(short_side * 4 / 3, short_side, short_side)
-    settings = EncodeSettings(codec="h264", fps=25.0, gop=gop, bframes=0)
-    rng = np.random.default_rng(0)
-    classes = [f"class_{c}" for c in range(CLASSES)]
-    counts = {"labelled": samples, "unlabelled": 0, "val": samples // 4, "test": 0}
-    splits = {}
-    bar = tqdm(total=sum(counts.values()), desc="encoding H.264 shards")
-    for split, count in counts.items():
-        shards, per_class = [], [0] * CLASSES
-        for shard_index, first in enumerate(range(0, count, samples_per_shard)):
-            name = f"{split}-{shard_index:06d}"
-            members = range(first, min(count, first + samples_per_shard))
-            with wds.TarWriter(str(shard_dir / f"{name}.tar")) as tar:
-                for index in members:
-                    label = index % CLASSES
-                    source = f"{classes[label]}/{split}_{index:05d}.mp4"
-                    video = b"" if (split, index) == ("labelled", empty_index) else \
-                        encode_video_bytes(moving_square(frames, height, width, label, rng), settings)
-                    meta = {"label": label, "class_name": classes[label], "dataset": "gpucheck", "source": source,
-                            "frames": frames, "fps": 25.0, "width": width, "height": height, "split": split}
-                    key = f"gpucheck_{hashlib.sha1(source.encode()).hexdigest()[:16]}"
-                    tar.write({"__key__": key, "mp4": video, "json": json.dumps(meta).encode()})
-                    per_class[label] += 1
-                    bar.update(1)
-            write_index(shard_dir / f"{name}.tar", shard_dir / f"{name}.idx")
-            data = (shard_dir / f"{name}.tar").read_bytes()
-            shards.append({"file": f"{name}.tar", "samples": len(members), "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest(), "index": f"{name}.idx"})
-        splits[split] = {"samples": count, "per_class": per_class, "shards": shards}
-    bar.close()
-    manifest = {"format_version": 1, "dataset": "gpucheck", "layout": "gpu-check", "source_root": "",
-                "classes": classes, "hflip_changes_label": False, "time_reversal_changes_label": False,
-                "splits": splits, "encode": {"codec": "h264", "container": "mp4", "short_side": short_side,
-                                             "fps": 25.0, "gop": gop, "bframes": 0, "pix_fmt": "yuv420p"},
-                "seed": 0, "label_fraction": 1.0, "val_fraction": 0.25, "skipped": []}
-    (shard_dir / "manifest.json").write_text(json.dumps(manifest))
+    corrupt = [] if empty_index is None else [("labelled", empty_index, "empty")]
+    shard_dir = write_shard_set(out, FixtureSpec(
+        dataset="gpucheck", splits={"labelled": samples, "unlabelled": 0, "val": samples // 4, "test": 0},
+        samples_per_shard=samples_per_shard,
+        num_classes=CLASSES, width=width, height=height, frames=(frames,), gop=gop, corrupt=corrupt,
+        show_progress=True))
+    for tar in sorted(shard_dir.glob("*.tar")):
+        write_index(tar, tar.with_suffix(".idx"))
     return shard_dir
 
 
@@ -115,7 +70,7 @@ def main() -> None:
     check(torch.cuda.is_available(), f"CUDA device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}")
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_check_dali_"))
     empty_index = 5
-    shard_dir = write_h264_shards(out / "gpucheck", samples=args.samples, frames=args.video_frames,
+    shard_dir = write_h264_shards(out, samples=args.samples, frames=args.video_frames,
                                   short_side=args.short_side, gop=args.gop, samples_per_shard=16,
                                   empty_index=empty_index)
     clip = ClipSpec(frames=args.frames, stride=args.stride, crop_size=args.crop, test_clips=2, test_crops=3)
