@@ -5,12 +5,13 @@
 #   3. tools/bench_dali_decode.py    where the DALI loader's time goes: reader alone, threads x batch, NVDEC
 #   4. tools/profile_throughput.py   DALI GPU vs torch loader vs PyTorchVideo, NVDEC utilisation, data-wait %
 #                                    of the JEDI step (four x3d_s students), one repeat (DALI is slow, see
-#                                    docs/benchmarks.md; --preset gpu_quick adds the keyframe sweep, ~15 min)
+#                                    docs/benchmarks.md; --preset gpu_quick adds the keyframe sweep, ~15 min estimated)
 # Each step has its own time limit, so a hang in one still leaves the others' results. Logs, JSON and PNGs
 # go to $OUT (default runs/gpu_checks). Needs python3 with torch + CUDA and this project's dependencies
 # importable (PYTHONPATH is extended with /tmp/site, where the device bundle unpacks them).
 #
-#   bash scripts/gpu_checks.sh            # ~7 minutes on one H100/H200
+#   bash scripts/gpu_checks.sh            # at most 9 min (the steps' limits); on an H200 gpu_check took
+#                                         # 80 s, bench_jedi_step 45 s, bench_dali_decode under 120 s
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_checks}

@@ -2,7 +2,7 @@
 # Pack this project's GPU-side dependencies for a machine without network access that already has
 # python3.12 + torch (the GPU machine of the device tool): DALI, webdataset, PyAV, pytorchvideo, zarr.
 #
-#   bash scripts/offline_bundle.sh [OUT_DIR]   # here, with network: ~10 min (xz on 2 cores)
+#   bash scripts/offline_bundle.sh [OUT_DIR]   # here, with network: 4 min 3 s on 2 cores (mostly xz)
 #
 # Produces OUT_DIR (default .gpu_bundle2, git-ignored) holding part_00.. (each < 60 MB, so that each
 # fits one device call's 64 MiB next to the working tree), SHA256 of the joined parts and install.sh.

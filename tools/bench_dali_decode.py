@@ -3,7 +3,7 @@ CPU thread count and batch size, next to its sample reader alone (tar reads + JS
 with NVDEC and GPU utilisation (NVML). A decoder that keeps NVDEC busy scales with the batch; a fixed
 cost per sample (decoder set-up) shows as clips/s that stay flat while NVDEC idles.
 
-    python tools/bench_dali_decode.py                    # one GPU, ~2 minutes; H.264 shards made in a temp dir
+    python tools/bench_dali_decode.py                    # one GPU, < 2 min on an H200; H.264 shards made in a temp dir
     python tools/bench_dali_decode.py --shards shards/ucf101 --split labelled
 
 Every configuration reads the same shards; each is timed over --clips clips after one warm-up batch

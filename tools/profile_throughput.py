@@ -62,7 +62,8 @@ SPLIT = "labelled"  # every selected video goes to this split (label fraction 1,
 JEDI_STUDENTS = ("ucf101", "hmdb51", "kinetics400", "ssv2")  # names only: all four read the same stream
 PRESETS = {
     # One GPU machine: 75 s including input generation without DALI; with DALI's GPU path at the ~12 clips/s
-    # measured on an H200 (docs/benchmarks.md) each DALI contender takes ~65 s and the preset ~15 min.
+    # measured on an H200 (docs/benchmarks.md) each DALI contender took ~65 s, so the whole preset would take
+    # an estimated ~15 min (it was stopped at 330 s, not run to the end).
     # DALI GPU + torch loader with 16 workers,
     # the JEDI step with four X3D-S students, NVML sampling, a small keyframe-interval sweep.
     "gpu_quick": dict(what=("loaders", "peer", "dali_gpu", "jedi_step", "sweep"), videos=128, workers=(16,),
@@ -710,7 +711,7 @@ def parse_args(argv: list[str] | None = None) -> ProfileSettings:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="gpu_quick: loaders+peer+dali_gpu+jedi_step+sweep, 16 workers, x3d_s students, 128 videos, "
-                        "gop sweep 4,8,16; 75 s on an H200 without DALI, ~15 min with DALI at its measured speed "
+                        "gop sweep 4,8,16; 75 s on an H200 without DALI, ~15 min with DALI (an estimate from its measured speed) "
                         "(flags given after it win)")
     p.add_argument("--what", default=None, help=f"comma-separated sections from {','.join(SECTIONS)} "
                                                 f"(default {','.join(d.what)})")
