@@ -1,4 +1,4 @@
-"""Write a small, real shard set (H.264 mp4 + json in tar shards, plus manifest.json) as in
+"""Write a small, real shard set (H.264 mp4 or VP9 webm + json in tar shards, plus manifest.json) as in
 docs/architecture.md section 2, for tests and loader benchmarks.
 
 Videos are synthetic (a textured background panning one way and a class-coloured square moving),
@@ -41,6 +41,7 @@ class FixtureSpec:
     frames: Sequence[int] = (24,)
     fps: float = 25.0
     gop: int = 8
+    codec: str = "h264"  # or "vp9" (webm), which DALI's CPU decoder reads
     seed: int = 0
     corrupt: Sequence[tuple[str, int, str]] = ()
     direction_sensitive: bool = False  # manifest flags: flip and time reversal change the label
@@ -87,7 +88,8 @@ def write_shard_set(out_dir: str | Path, spec: FixtureSpec = FixtureSpec()) -> P
     shard_dir = Path(out_dir) / spec.dataset
     shard_dir.mkdir(parents=True, exist_ok=True)
     classes = [f"class_{c:02d}" for c in range(spec.num_classes)]
-    settings = EncodeSettings(codec="h264", fps=spec.fps, gop=spec.gop, bframes=0)
+    settings = EncodeSettings(codec=spec.codec, fps=spec.fps, gop=spec.gop, bframes=0)
+    video_ext = settings.container_format
     corrupt = {(split, index): kind for split, index, kind in spec.corrupt}
     rng = np.random.default_rng(spec.seed)
     split_entries = {}
@@ -112,7 +114,7 @@ def write_shard_set(out_dir: str | Path, spec: FixtureSpec = FixtureSpec()) -> P
                     meta = {"label": label, "class_name": classes[label], "dataset": spec.dataset,
                             "source": source, "frames": num_frames, "fps": spec.fps,
                             "width": spec.width, "height": spec.height, "split": split}
-                    _add_member(tar, f"{key}.mp4", video)
+                    _add_member(tar, f"{key}.{video_ext}", video)
                     _add_member(tar, f"{key}.json", json.dumps(meta).encode())
                     per_class[label] += 1
                     members += 1
@@ -128,7 +130,7 @@ def write_shard_set(out_dir: str | Path, spec: FixtureSpec = FixtureSpec()) -> P
         "classes": classes, "hflip_changes_label": spec.direction_sensitive,
         "time_reversal_changes_label": spec.direction_sensitive,
         "splits": split_entries,
-        "encode": {"codec": "h264", "container": "mp4", "short_side": min(spec.width, spec.height),
+        "encode": {"codec": spec.codec, "container": video_ext, "short_side": min(spec.width, spec.height),
                    "fps": spec.fps, "gop": spec.gop, "bframes": 0, "pix_fmt": "yuv420p"},
         "seed": spec.seed, "label_fraction": 1.0, "val_fraction": 0.0, "skipped": [],
     }

@@ -1,0 +1,43 @@
+"""tools/diagnose_dali_video.py on DALI's CPU backend (VP9): every row kind is measured on the same
+videos, the decoder's outputs have the asked-for shapes, and the fixed-cost fit sees that longer videos
+cost more to decode whole. The GPU rows (mixed decoder, legacy file reader, NVML) need a GPU."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+
+pytest.importorskip("nvidia.dali")
+
+from tools import diagnose_dali_video  # noqa: E402
+
+
+def test_cpu_rows_fit_and_json(tmp_path):
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = diagnose_dali_video.main([
+            "--device", "cpu", "--lengths", "8,48", "--video-frames", "24", "--videos", "4", "--short-side", "32",
+            "--threads", "1", "--batch-sizes", "2", "--frames", "4", "--stride", "2", "--crop", "16",
+            "--batches", "2", "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "diagnose_dali_video.json").read_text())
+    assert result["codec"] == "vp9" and result["backend"] == "cpu"
+    rows = result["rows"]
+    assert sorted({r["row"] for r in rows}) == ["decode_all", "decode_clip", "loader", "reader"]
+    for row in rows:
+        assert row["batches"] == 2 and row["samples"] == 4, row
+        assert row["clips_per_s"] > 0 and row["cpu_pct"] > 0
+    whole = {r["video_frames"]: r["ms_per_sample"] for r in rows if r["row"] == "decode_all"}
+    assert whole[48] > whole[8]  # six times the frames: decoding whole videos is not all fixed cost
+    (fit,) = result["decode_all_fits"]
+    assert fit["ms_per_frame"] > 0
+    assert "decode_all fit threads=1 batch=2" in stdout.getvalue()
+
+
+def test_gpu_without_cuda_says_so(capsys):
+    if diagnose_dali_video.torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert diagnose_dali_video.main(["--device", "gpu"]) == 2
+    assert "--device cpu" in capsys.readouterr().err
