@@ -226,9 +226,16 @@ def main(argv=None) -> int:
     width, height = even_size(args.short_side * 4 / 3, args.short_side, args.short_side)
     timing = {"batches": args.batches, "max_seconds": args.max_seconds, "on_gpu": on_gpu}
     rows: list[dict] = []
+    fits: list[dict] = []
+    result = {"device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "backend": args.device, "codec": codec,
+              "size": [width, height], "gop": args.gop, "clip": {"frames": clip.frames, "stride": clip.stride},
+              "rows": rows, "decode_all_fits": fits}
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "diagnose_dali_video.json"
 
-    def report(row: dict) -> None:
+    def report(row: dict) -> None:  # print the row and rewrite the JSON, so a killed run keeps its rows
         rows.append(row)
+        json_path.write_text(json.dumps(result, indent=2, default=str))
         nvdec = (row.get("nvdec_util_pct") or {}).get("mean")
         gpu = (row.get("gpu_util_pct") or {}).get("mean")
         print(f"{row['row']:<12} {row['what']:<44} threads={row['threads']:<3} batch={row['batch']:<3} "
@@ -267,7 +274,7 @@ def main(argv=None) -> int:
             loader = dali_train_loader(shard_dir, "labelled", clip, AugmentSpec(), batch_size=batch,
                                        steps_per_epoch=10 ** 6, device=args.device, num_threads=threads)
             stream = iter(loader)
-            row = measure(lambda: next(stream)[VIDEO].shape[0], **timing)
+            row = measure(lambda batches=stream: next(batches)[VIDEO].shape[0], **timing)
             loader.close()
             report({"row": "loader", "what": "our dali_train_loader (decode + crop/flip + join)",
                     "threads": threads, "batch": batch, **row})
@@ -279,19 +286,14 @@ def main(argv=None) -> int:
                         f".video, {clip.frames}-frame sequences", "threads": threads, "batch": batch, **row})
                 del pipe
 
-    fits = []
     for threads, batch in itertools.product(args.threads, args.batch_sizes):
         same = [r for r in rows if r["row"] == "decode_all" and r["threads"] == threads and r["batch"] == batch]
         if len(same) >= 2:
             fits.append({"threads": threads, "batch": batch, **fit_fixed_cost(same)})
             print(f"decode_all fit threads={threads} batch={batch}: {fits[-1]['fixed_ms_per_sample']} ms fixed per "
                   f"sample + {fits[-1]['ms_per_frame']} ms per frame")
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "backend": args.device, "codec": codec,
-              "size": [width, height], "gop": args.gop, "clip": {"frames": clip.frames, "stride": clip.stride},
-              "rows": rows, "decode_all_fits": fits}
-    (args.out / "diagnose_dali_video.json").write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {args.out / 'diagnose_dali_video.json'}")
+    json_path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {json_path}")
     return 0
 
 
