@@ -1,6 +1,6 @@
 """tools/diagnose_dali_video.py on DALI's CPU backend (VP9): every row kind is measured on the same
 videos, the decoder's outputs have the asked-for shapes, and the fixed-cost fit sees that longer videos
-cost more to decode whole. The GPU rows (mixed decoder, legacy file reader, NVML) need a GPU."""
+cost more to decode whole; two processes decode at once. The GPU rows (mixed decoder, legacy file reader, NVML) need a GPU."""
 from __future__ import annotations
 
 import contextlib
@@ -20,15 +20,20 @@ def test_cpu_rows_fit_and_json(tmp_path):
         code = diagnose_dali_video.main([
             "--device", "cpu", "--lengths", "8,48", "--video-frames", "24", "--videos", "4", "--short-side", "32",
             "--threads", "1", "--batch-sizes", "2", "--frames", "4", "--stride", "2", "--crop", "16",
-            "--batches", "2", "--out", str(tmp_path)])
+            "--batches", "2", "--processes", "2", "--out", str(tmp_path)])
     assert code == 0
     result = json.loads((tmp_path / "diagnose_dali_video.json").read_text())
     assert result["codec"] == "vp9" and result["backend"] == "cpu"
     rows = result["rows"]
-    assert sorted({r["row"] for r in rows}) == ["decode_all", "decode_clip", "loader", "reader"]
+    assert sorted({r["row"] for r in rows}) == ["decode_all", "decode_clip", "loader", "processes", "reader"]
     for row in rows:
-        assert row["batches"] == 2 and row["samples"] == 4, row
-        assert row["clips_per_s"] > 0 and row["cpu_pct"] > 0
+        if row["row"] == "processes":  # two processes, each 2 batches of 2
+            assert row["processes"] == 2 and row["batches"] == 4 and row["samples"] == 8, row
+            assert row["cpu_pct_children_whole_life"] > 0
+        else:
+            assert row["batches"] == 2 and row["samples"] == 4, row
+            assert row["cpu_pct"] > 0
+        assert row["clips_per_s"] > 0
     whole = {r["video_frames"]: r["ms_per_sample"] for r in rows if r["row"] == "decode_all"}
     assert whole[48] > whole[8]  # six times the frames: decoding whole videos is not all fixed cost
     (fit,) = result["decode_all_fits"]

@@ -12,6 +12,9 @@ GPU utilisation):
   reader       fn.experimental.readers.video on the same videos as files (DALI reads and decodes;
                GPU and CPU), and on a GPU also the legacy fn.readers.video, which keeps one NVDEC
                decoder across samples and decodes one sequence at a time.
+  processes    decode_clip in P processes at once (one pipeline each, same GPU): total clips/s. If P
+               processes deliver P times one process, what serialises the decoder is inside a process
+               (a lock, the CUDA context); if not, it is the device, the driver or the VM.
 
 How to read it: if decode_clip is as slow as the loader, the cost is DALI's (or the driver's), not
 ours. If decode_all's fixed cost dominates and stays flat over threads while one thread name holds
@@ -29,7 +32,9 @@ import argparse
 import contextlib
 import itertools
 import json
+import multiprocessing
 import os
+import resource
 import sys
 import tarfile
 import tempfile
@@ -70,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16, help="T of the clip. Default: 16")
     p.add_argument("--stride", type=int, default=2, help="frame stride of the clip. Default: 2")
     p.add_argument("--crop", type=int, default=112, help="loader's output crop. Default: 112")
+    p.add_argument("--processes", type=int_list, default=[1, 4],
+                   help="process counts of the processes rows (largest batch size, threads split). Default: 1,4")
     p.add_argument("--batches", type=int, default=4, help="timed batches per row (after one warm-up). Default: 4")
     p.add_argument("--max-seconds", type=float, default=15.0,
                    help="a row stops after this many timed seconds even before --batches. Default: 15")
@@ -184,6 +191,52 @@ def shard_videos(shard_dir: Path, ext: str) -> list[np.ndarray]:
     return videos
 
 
+def _decode_clip_process(device: str, batch: int, threads: int, videos: list, frame_lists: list, frames: int,
+                         batches: int, max_seconds: float, start, results) -> None:
+    """One of the processes rows' workers: build, warm up, wait for the others, time, report."""
+    pipe = raw_decoder(device, batch, threads, frame_list=True)
+    run_batch = feeder(pipe, {"video": videos, "frames": frame_lists}, batch, lambda s: s[1] == frames)
+    run_batch()
+    start.wait()
+    began, samples, done = time.perf_counter(), 0, 0
+    while done < batches and time.perf_counter() - began < max_seconds:
+        samples += run_batch()
+        done += 1
+    if device == "gpu":
+        torch.cuda.synchronize()
+    results.put((samples, done, time.perf_counter() - began))
+
+
+def measure_processes(processes: int, device: str, batch: int, threads: int, videos: list, frame_lists: list,
+                      frames: int, *, batches: int, max_seconds: float, on_gpu: bool) -> dict:
+    """decode_clip in `processes` spawned processes that start timing together; clips/s of all of them."""
+    spawn = multiprocessing.get_context("spawn")
+    start, results = spawn.Barrier(processes + 1), spawn.Queue()
+    workers = [spawn.Process(target=_decode_clip_process, args=(device, batch, threads, videos, frame_lists, frames,
+                                                                 batches, max_seconds, start, results))
+               for _ in range(processes)]
+    children_cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for worker in workers:
+        worker.start()
+    start.wait(timeout=300)  # every worker has built its pipeline and decoded one batch
+    sampler = NvmlSampler(0.02, torch.cuda.current_device()) if on_gpu else contextlib.nullcontext()
+    with sampler:
+        reports = [results.get(timeout=max_seconds + 300) for _ in workers]
+    for worker in workers:
+        worker.join()
+    if any(worker.exitcode for worker in workers):
+        raise RuntimeError(f"a processes-row worker failed: exit codes {[w.exitcode for w in workers]}")
+    children_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (children_cpu.ru_utime + children_cpu.ru_stime) - (children_cpu0.ru_utime + children_cpu0.ru_stime)
+    samples, seconds = sum(r[0] for r in reports), max(r[2] for r in reports)
+    row = {"batches": sum(r[1] for r in reports), "samples": samples, "seconds": round(seconds, 3),
+           "clips_per_s": round(samples / seconds, 1), "ms_per_sample": round(1000 * seconds / samples, 2),
+           "cpu_pct_children_whole_life": round(100 * cpu / seconds), "cpu_pct": None, "busiest_threads": []}
+    if on_gpu:
+        row.update(sampler.summary())
+    return row
+
+
 def clip_frame_lists(num_videos: int, video_frames: int, clip: ClipSpec, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     span = (clip.frames - 1) * clip.stride + 1
@@ -238,8 +291,9 @@ def main(argv=None) -> int:
         json_path.write_text(json.dumps(result, indent=2, default=str))
         nvdec = (row.get("nvdec_util_pct") or {}).get("mean")
         gpu = (row.get("gpu_util_pct") or {}).get("mean")
+        cpu = "-" if row["cpu_pct"] is None else row["cpu_pct"]  # processes rows: only whole-life CPU is known
         print(f"{row['row']:<12} {row['what']:<44} threads={row['threads']:<3} batch={row['batch']:<3} "
-              f"{row['clips_per_s']:>8.1f} clips/s {row['ms_per_sample']:>8.2f} ms/sample  CPU {row['cpu_pct']:>4} %"
+              f"{row['clips_per_s']:>8.1f} clips/s {row['ms_per_sample']:>8.2f} ms/sample  CPU {cpu:>4} %"
               + (f"  NVDEC {nvdec} %  GPU {gpu} %" if on_gpu else "")
               + "  | " + ", ".join(f"{t['name']} x{t['threads']} {t['cpu_pct']} %" for t in row["busiest_threads"][:3]),
               flush=True)
@@ -285,6 +339,13 @@ def main(argv=None) -> int:
                 report({"row": "reader", "what": f"fn.{'readers' if kind == 'legacy' else 'experimental.readers'}"
                         f".video, {clip.frames}-frame sequences", "threads": threads, "batch": batch, **row})
                 del pipe
+
+        batch, threads = max(args.batch_sizes), max(args.threads)
+        for processes in args.processes:
+            row = measure_processes(processes, args.device, batch, max(1, threads // processes), videos,
+                                    frame_lists, clip.frames, **timing)
+            report({"row": "processes", "what": f"decode_clip in {processes} processes at once",
+                    "threads": max(1, threads // processes), "batch": batch, "processes": processes, **row})
 
     for threads, batch in itertools.product(args.threads, args.batch_sizes):
         same = [r for r in rows if r["row"] == "decode_all" and r["threads"] == threads and r["batch"] == batch]
