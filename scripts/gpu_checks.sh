@@ -3,7 +3,8 @@
 #   gpu_check          tools/gpu_check_dali.py: the DALI GPU data path (NVDEC): batch contract, corrupt
 #                      sample, resume (limit 120 s; 80 s on an H200)
 #   diagnose           tools/diagnose_dali_video.py: DALI's video decoder alone vs our DALI loader vs DALI's
-#                      file readers, per-thread CPU, NVDEC (limit 240 s; not yet run on a GPU)
+#                      file readers, in 1 and 4 processes, per-thread CPU, NVDEC (limit 270 s; not yet
+#                      run on a GPU)
 #   bench_dali_decode  tools/bench_dali_decode.py: our DALI loader over threads x batch, NVDEC (limit 120 s)
 #   bench_jedi_step    tools/bench_jedi_step.py: full JEDI step vs cached-teacher modes, N = 2, 3, 4, X3D-S
 #                      students (limit 100 s; 45 s on an H200)
@@ -14,8 +15,8 @@
 # importable (PYTHONPATH is extended with /tmp/site, where the device bundle unpacks them).
 #
 #   bash scripts/gpu_checks.sh                 # gpu_check, diagnose, bench_dali_decode: the open questions of
-#                                              # the DALI path; at most 8 min (the steps' limits)
-#   bash scripts/gpu_checks.sh all             # every step: at most 13 min, more than one device call allows
+#                                              # the DALI path; at most 8.5 min (the steps' limits)
+#   bash scripts/gpu_checks.sh all             # every step: at most 13.5 min, more than one device call allows
 #   bash scripts/gpu_checks.sh profile ...     # the named steps, in that order
 set -u
 cd "$(dirname "$0")/.."
@@ -45,7 +46,7 @@ step() {  # name, time limit (s), lines of the log to print, command...
 run() {  # one named step
   case $1 in
   gpu_check) step gpu_check 120 14 python3 tools/gpu_check_dali.py --steps 20 ;;
-  diagnose) step diagnose 240 60 python3 tools/diagnose_dali_video.py --out "$OUT" ;;
+  diagnose) step diagnose 270 60 python3 tools/diagnose_dali_video.py --max-seconds 8 --out "$OUT" ;;
   bench_dali_decode) step bench_dali_decode 120 12 python3 tools/bench_dali_decode.py --out "$OUT" ;;
   bench_jedi_step) step bench_jedi_step 100 14 python3 tools/bench_jedi_step.py --foreign-grad-scale 0 \
       --backbone x3d_s --clip 3x13x160x160 --batch 8 --warmup 3 --steps 10 --out "$OUT" ;;
