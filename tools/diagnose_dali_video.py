@@ -21,7 +21,8 @@ ours. If decode_all's fixed cost dominates and stays flat over threads while one
 ~100 % CPU, that thread does per-sample work serially; a low CPU % with low NVDEC means the threads
 wait on something (a lock, a stream synchronisation, the driver or the VM).
 
-    python tools/diagnose_dali_video.py                   # GPU (H.264); estimated under 3 min, not yet run there
+    python tools/diagnose_dali_video.py                   # GPU (H.264); not yet run there: estimated 4 min
+                                                          # (gpu_checks.sh runs it with --max-seconds 8)
     python tools/diagnose_dali_video.py --device cpu      # DALI's CPU decoder on VP9, same rows (no legacy reader)
 
 Writes a table on stdout and <out>/diagnose_dali_video.json.
