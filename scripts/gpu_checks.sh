@@ -57,4 +57,3 @@ run() {  # one named step
 }
 
 for name in "${STEPS[@]}"; do run "$name"; done
-
