@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("nvidia.dali")
@@ -39,6 +41,17 @@ def test_cpu_rows_fit_and_json(tmp_path):
     (fit,) = result["decode_all_fits"]
     assert fit["ms_per_frame"] > 0
     assert "decode_all fit threads=1 batch=2" in stdout.getvalue()
+
+
+def test_a_failing_worker_fails_its_row_not_the_run():
+    # H.264 bytes on DALI's CPU decoder: each worker's warm-up batch raises; the parent notices the
+    # dead workers within a second or so instead of waiting out its timeouts
+    h264 = diagnose_dali_video.encode_lengths([8], 1, "h264", 32, 48, 4)[8]
+    started = time.monotonic()
+    row = diagnose_dali_video.measure_processes(2, "cpu", 1, 1, h264, [np.arange(4, dtype=np.int32)], 4,
+                                                batches=1, max_seconds=5, on_gpu=False)
+    assert "error" in row and "exit codes" in row["error"]
+    assert time.monotonic() - started < 60
 
 
 def test_gpu_without_cuda_says_so(capsys):

@@ -35,6 +35,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import queue
 import resource
 import sys
 import tarfile
@@ -176,8 +177,8 @@ def encode_lengths(lengths: list[int], count: int, codec: str, height: int, widt
 
 def write_shards(root: Path, args, codec: str, height: int, width: int) -> Path:
     shard_dir = write_shard_set(root, FixtureSpec(
-        dataset="diagnose", splits={"labelled": args.videos, "unlabelled": 0, "val": 0, "test": 0}, samples_per_shard=max(1, args.videos // 2),
-        num_classes=6, width=width, height=height, frames=(args.video_frames,), gop=args.gop, codec=codec))
+        dataset="diagnose", splits={"labelled": args.videos, "unlabelled": 0, "val": 0, "test": 0},
+        samples_per_shard=max(1, args.videos // 2), num_classes=6, width=width, height=height, frames=(args.video_frames,), gop=args.gop, codec=codec))
     for tar in sorted(shard_dir.glob("*.tar")):
         write_index(tar, tar.with_suffix(".idx"))
     return shard_dir
@@ -194,12 +195,13 @@ def shard_videos(shard_dir: Path, ext: str) -> list[np.ndarray]:
 
 
 def _decode_clip_process(device: str, batch: int, threads: int, videos: list, frame_lists: list, frames: int,
-                         batches: int, max_seconds: float, start, results) -> None:
+                         batches: int, max_seconds: float, ready, go, results) -> None:
     """One of the processes rows' workers: build, warm up, wait for the others, time, report."""
     pipe = raw_decoder(device, batch, threads, frame_list=True)
     run_batch = feeder(pipe, {"video": videos, "frames": frame_lists}, batch, lambda s: s[1] == frames)
     run_batch()
-    start.wait()
+    ready.put(os.getpid())
+    go.wait()
     began, samples, done = time.perf_counter(), 0, 0
     while done < batches and time.perf_counter() - began < max_seconds:
         samples += run_batch()
@@ -209,25 +211,42 @@ def _decode_clip_process(device: str, batch: int, threads: int, videos: list, fr
     results.put((samples, done, time.perf_counter() - began))
 
 
+def _gather(messages, workers: list, timeout: float) -> list:
+    """One message from every worker; RuntimeError as soon as a worker has died, or after `timeout` s."""
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < len(workers):
+        try:
+            got.append(messages.get(timeout=1))
+        except queue.Empty:
+            if any(w.exitcode not in (None, 0) for w in workers) or time.monotonic() > deadline:
+                raise RuntimeError(f"worker exit codes {[w.exitcode for w in workers]}") from None
+    return got
+
+
 def measure_processes(processes: int, device: str, batch: int, threads: int, videos: list, frame_lists: list,
                       frames: int, *, batches: int, max_seconds: float, on_gpu: bool) -> dict:
-    """decode_clip in `processes` spawned processes that start timing together; clips/s of all of them."""
+    """decode_clip in `processes` spawned processes that start timing together; clips/s of all of them.
+    A worker that fails makes the row {"error": ...} instead of stopping the run."""
     spawn = multiprocessing.get_context("spawn")
-    start, results = spawn.Barrier(processes + 1), spawn.Queue()
+    ready, go, results = spawn.Queue(), spawn.Event(), spawn.Queue()
     workers = [spawn.Process(target=_decode_clip_process, args=(device, batch, threads, videos, frame_lists, frames,
-                                                                 batches, max_seconds, start, results))
+                                                                 batches, max_seconds, ready, go, results))
                for _ in range(processes)]
     children_cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     for worker in workers:
         worker.start()
-    start.wait(timeout=300)  # every worker has built its pipeline and decoded one batch
     sampler = NvmlSampler(0.02, torch.cuda.current_device()) if on_gpu else contextlib.nullcontext()
-    with sampler:
-        reports = [results.get(timeout=max_seconds + 300) for _ in workers]
+    try:
+        _gather(ready, workers, timeout=180)  # every worker has built its pipeline and decoded one batch
+        go.set()
+        with sampler:
+            reports = _gather(results, workers, timeout=max_seconds + 180)
+    except RuntimeError as error:
+        for worker in workers:
+            worker.terminate()
+        return {"error": str(error)}
     for worker in workers:
         worker.join()
-    if any(worker.exitcode for worker in workers):
-        raise RuntimeError(f"a processes-row worker failed: exit codes {[w.exitcode for w in workers]}")
     children_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (children_cpu.ru_utime + children_cpu.ru_stime) - (children_cpu0.ru_utime + children_cpu0.ru_stime)
     samples, seconds = sum(r[0] for r in reports), max(r[2] for r in reports)
@@ -350,6 +369,10 @@ def main(argv=None) -> int:
                     each = max(1, threads // processes)
                     row = measure_processes(processes, args.device, batch, each, videos, frame_lists, clip.frames,
                                             **timing)
+                    if "error" in row:
+                        print(f"processes row with {processes} processes failed: {row['error']}", flush=True)
+                        result.setdefault("failed", []).append({"processes": processes, **row})
+                        continue
                     report({"row": "processes", "what": f"decode_clip in {processes} processes at once",
                             "threads": each, "batch": batch, "processes": processes, **row})
 
