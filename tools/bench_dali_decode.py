@@ -27,11 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from pipeline.contract import VIDEO, AugmentSpec, ClipSpec  # noqa: E402
 from pipeline.dali_loader import dali_train_loader  # noqa: E402
 from tools.gpu_check_dali import write_h264_shards  # noqa: E402
-from tools.profile_throughput import NvmlSampler  # noqa: E402
-
-
-def int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+from tools.profile_throughput import NvmlSampler, int_list  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -49,17 +49,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+from pipeline.clips import train_clip_indices  # noqa: E402
 from pipeline.contract import VIDEO, AugmentSpec, ClipSpec  # noqa: E402
 from pipeline.dali_loader import dali_train_loader, write_index  # noqa: E402
 from pipeline.video_encode import EncodeSettings, encode_video_bytes, even_size  # noqa: E402
 from tests.shard_fixture import FixtureSpec, synthetic_frames, write_shard_set  # noqa: E402
-from tools.profile_throughput import NvmlSampler  # noqa: E402
+from tools.profile_throughput import NvmlSampler, int_list  # noqa: E402
 
 CODEC = {"gpu": "h264", "cpu": "vp9"}  # DALI's CPU decoder reads no H.264
-
-
-def int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -259,10 +256,9 @@ def measure_processes(processes: int, device: str, batch: int, threads: int, vid
 
 
 def clip_frame_lists(num_videos: int, video_frames: int, clip: ClipSpec, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    span = (clip.frames - 1) * clip.stride + 1
-    return [np.arange(start, start + span, clip.stride, dtype=np.int32)
-            for start in rng.integers(0, max(1, video_frames - span + 1), size=num_videos)]
+    """One training clip's frame indices per video, drawn as the loader draws them (pipeline.clips)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [np.array(train_clip_indices(video_frames, clip, generator), np.int32) for _ in range(num_videos)]
 
 
 def file_reader(kind: str, device: str, files: list[str], clip: ClipSpec, batch: int, threads: int):
