@@ -30,7 +30,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from jedi_train.cached_teacher import cached_foreign_features, lookup_teacher_logits  # noqa: E402
+from jedi_train.cached_teacher import cached_foreign_features, cached_teacher_targets  # noqa: E402
 from jedi_train.jedi import DistillSettings, JediModel  # noqa: E402
 from jedi_train.models import build_backbone  # noqa: E402
 from pipeline.contract import to_model_input  # noqa: E402
@@ -105,7 +105,7 @@ def bench_n(n: int, args, device: torch.device, cache_root: Path) -> dict:
         start = time.perf_counter()
         targets, foreign = None, None
         if mode in ("cached", "cached_all"):
-            targets = {d: lookup_teacher_logits(caches[d], random_keys(d), device) for d in names}
+            targets = cached_teacher_targets(caches, {d: {"key": random_keys(d)} for d in names}, device)
         if mode == "cached_all":
             foreign = cached_foreign_features(model, caches, {d: {"key": random_keys(d)} for d in names}, device)
         losses = model(labelled, labels, unlabelled, foreign_grad_scale=args.foreign_grad_scale,

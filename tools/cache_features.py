@@ -25,7 +25,7 @@ from accelerate import Accelerator  # noqa: E402
 from jedi_train.cached_teacher import linear_probe, refresh_teacher_cache  # noqa: E402
 from jedi_train.config import ConfigError, describe_keys, load_config  # noqa: E402
 from jedi_train.data import Streams, dataset_infos  # noqa: E402
-from jedi_train.train_jedi import build_jedi_model, load_variant  # noqa: E402
+from jedi_train.train_jedi import build_jedi_model, load_variant, teacher_cache_dir  # noqa: E402
 from pipeline.feature_cache import FeatureCacheError  # noqa: E402
 
 SPLITS = ("unlabelled", "labelled", "val", "test")
@@ -44,8 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--splits", default="unlabelled",
                         help=f"comma-separated splits to cache, from {', '.join(SPLITS)}. Default: unlabelled")
     parser.add_argument("--out", default="",
-                        help="cache root (one <dataset>/<split>.zarr per dataset and split). Default: "
-                             "<run_dir>/feature_cache/<jedi|self_training>, the directory stage=jedi refreshes")
+                        help="cache root (one <dataset>/<split>.zarr per dataset and split). Default: the directory "
+                             "stage=jedi refreshes: jedi.teacher_cache_dir, else <run_dir>/feature_cache, "
+                             "then /<jedi|self_training>")
     parser.add_argument("--rebuild", action="store_true",
                         help="replace caches built for other weights / manifest / clip view instead of refusing them")
     parser.add_argument("--chunk-rows", type=int, default=64, help="rows per zarr chunk (unit of work and resume)")
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
         print(f"checkpoint error: {error}", file=sys.stderr)
         return 2
     model.to(accelerator.device)
-    out = Path(args.out) if args.out else config.run_dir / "feature_cache" / variant
+    out = Path(args.out) if args.out else teacher_cache_dir(config, variant)
     streams = Streams(config, infos, accelerator.process_index, accelerator.num_processes, accelerator.device)
     accelerator.print(f"caching {', '.join(splits)} of {', '.join(infos)} with {args.weights} weights into {out} "
                       f"({accelerator.num_processes} process(es) on {accelerator.device})")
