@@ -47,6 +47,7 @@ import torch
 
 from pipeline import augment as aug
 from pipeline.clips import eval_clip_indices, train_clip_indices
+from pipeline.dali_index import write_index
 from pipeline.contract import (KEY, LABEL, SKIPPED_KEYS, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec,
                                StrongAugmentSpec)
 from pipeline.manifest import Manifest, load_manifest
@@ -70,15 +71,6 @@ class ShardSet:
     codec: str
     samples: int
     manifest: Manifest
-
-
-def write_index(tar_path: str | Path, index_path: str | Path) -> Path:
-    """Write DALI's webdataset index (`wds2idx`, shipped in the nvidia-dali wheel) for one tar."""
-    from wds2idx import IndexCreator
-
-    with IndexCreator(str(tar_path), str(index_path), verbose=False) as creator:
-        creator.create_index()
-    return Path(index_path)
 
 
 def split_shards(shard_dir: str | Path, split: str, device: str, *,

@@ -18,7 +18,8 @@ pytest.importorskip("nvidia.dali")
 
 from pipeline.contract import KEY, LABEL, SKIPPED_KEYS, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec
 from pipeline.cpu_loader import eval_loader
-from pipeline.dali_loader import dali_eval_loader, dali_train_loader, write_index
+from pipeline.dali_index import write_index
+from pipeline.dali_loader import dali_eval_loader, dali_train_loader
 from pipeline.video_encode import EncodeSettings, encode_video_bytes
 from tests.shard_fixture import FixtureSpec, sample_key, synthetic_frames, write_shard_set
 

@@ -20,7 +20,8 @@ from av.video.frame import PictureType
 from pipeline.layouts import DatasetListing, SourceVideo
 from pipeline.manifest import SPLITS, ManifestError, load_manifest
 from pipeline.video_encode import EncodeSettings, encode_video, encode_video_bytes
-from tools.make_shards import (ShardSettings, assign_splits, dali_index_text, main, sample_key, transcode)
+from pipeline.dali_index import dali_index_text
+from tools.make_shards import ShardSettings, assign_splits, main, sample_key, transcode
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Hammering", "HammerThrow", "Walk"]  # classInd order (case-insensitive), not sorted()

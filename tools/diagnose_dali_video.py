@@ -51,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from pipeline.clips import train_clip_indices  # noqa: E402
 from pipeline.contract import VIDEO, AugmentSpec, ClipSpec  # noqa: E402
-from pipeline.dali_loader import dali_train_loader, write_index  # noqa: E402
+from pipeline.dali_index import write_index  # noqa: E402
+from pipeline.dali_loader import dali_train_loader  # noqa: E402
 from pipeline.video_encode import EncodeSettings, encode_video_bytes, even_size  # noqa: E402
 from tests.shard_fixture import FixtureSpec, synthetic_frames, write_shard_set  # noqa: E402
 from tools.profile_throughput import NvmlSampler, int_list  # noqa: E402

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from pipeline.contract import (KEY, LABEL, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec,  # noqa: E402
                                to_model_input)
-from pipeline.dali_loader import dali_eval_loader, dali_train_loader, write_index  # noqa: E402
+from pipeline.dali_index import write_index  # noqa: E402
+from pipeline.dali_loader import dali_eval_loader, dali_train_loader  # noqa: E402
 from pipeline.video_encode import even_size  # noqa: E402
 from tests.shard_fixture import FixtureSpec, write_shard_set  # noqa: E402
 

@@ -36,6 +36,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from tqdm import tqdm
 
+from pipeline.dali_index import write_index
 from pipeline.layouts import LAYOUTS, DatasetListing, LayoutError, SourceVideo, read_layout
 from pipeline.manifest import (SPLITS, EncodeInfo, Manifest, ShardInfo, SkippedSource, SplitInfo,
                                write_json_atomic, write_manifest)
@@ -241,37 +242,6 @@ def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(payload), 0, 0o444  # fixed metadata: reruns give equal bytes
     tar.addfile(info, io.BytesIO(payload))
-
-
-def write_index(tar_path: Path, idx_path: Path) -> None:
-    """DALI `fn.readers.webdataset` index (the format of DALI's `wds2idx`), via a .tmp rename."""
-    tmp = idx_path.with_name(idx_path.name + ".tmp")
-    try:
-        from wds2idx import IndexCreator  # ships with nvidia-dali
-    except ImportError:
-        IndexCreator = None
-    if IndexCreator is not None:
-        with IndexCreator(str(tar_path), str(tmp), verbose=False) as creator:
-            creator.create_index()
-    else:
-        tmp.write_text(dali_index_text(tar_path))
-    os.replace(tmp, idx_path)
-
-
-def dali_index_text(tar_path: Path) -> str:
-    """`v1.2 <samples>` then per sample `<ext> <data offset> <size> <member name>` for each member."""
-    bundles: list[list[str]] = []
-    last_key = None
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            if not member.isreg():
-                continue
-            key, ext = member.name.split(".", 1)
-            if key != last_key:
-                bundles.append([])
-                last_key = key
-            bundles[-1].append(f"{ext} {member.offset_data} {member.size} {member.name}")
-    return f"v1.2 {len(bundles)}\n" + "".join(" ".join(bundle) + "\n" for bundle in bundles)
 
 
 _videos_done = None  # multiprocessing.Value shared with pool workers, for the progress bar
