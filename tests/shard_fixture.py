@@ -1,5 +1,5 @@
-"""Write a small, real shard set (H.264 mp4 or VP9 webm + json in tar shards, plus manifest.json) as in
-docs/architecture.md section 2, for tests and loader benchmarks.
+"""Write a small, real shard set (H.264 mp4 or VP9 webm + json in tar shards, DALI index files, plus
+manifest.json) as in docs/architecture.md section 2, for tests and loader benchmarks.
 
 Videos are synthetic (a textured background panning one way and a class-coloured square moving),
 encoded with pipeline.video_encode; samples can be damaged on purpose to test corrupt-sample
@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.dali_index import write_index
 from pipeline.video_encode import EncodeSettings, encode_video_bytes
 
 CORRUPTIONS = ("truncated", "empty")
@@ -84,7 +85,8 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_shard_set(out_dir: str | Path, spec: FixtureSpec = FixtureSpec()) -> Path:
-    """Write `<out_dir>/<dataset>/{<split>-NNNNNN.tar, manifest.json}`; returns the shard directory."""
+    """Write `<out_dir>/<dataset>/{<split>-NNNNNN.tar, <split>-NNNNNN.idx, manifest.json}`; returns the shard
+    directory."""
     shard_dir = Path(out_dir) / spec.dataset
     shard_dir.mkdir(parents=True, exist_ok=True)
     classes = [f"class_{c:02d}" for c in range(spec.num_classes)]
@@ -121,8 +123,9 @@ def write_shard_set(out_dir: str | Path, spec: FixtureSpec = FixtureSpec()) -> P
                     bar.update(1)
             data = buffer.getvalue()
             (shard_dir / name).write_bytes(data)
+            index = write_index(shard_dir / name, (shard_dir / name).with_suffix(".idx"))
             shards.append({"file": name, "samples": members, "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest()})
+                           "sha256": hashlib.sha256(data).hexdigest(), "index": index.name})
         split_entries[split] = {"samples": count, "per_class": per_class, "shards": shards}
     bar.close()
     manifest = {

@@ -51,7 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from pipeline.clips import train_clip_indices  # noqa: E402
 from pipeline.contract import VIDEO, AugmentSpec, ClipSpec  # noqa: E402
-from pipeline.dali_index import write_index  # noqa: E402
 from pipeline.dali_loader import dali_train_loader  # noqa: E402
 from pipeline.video_encode import EncodeSettings, encode_video_bytes, even_size  # noqa: E402
 from tests.shard_fixture import FixtureSpec, synthetic_frames, write_shard_set  # noqa: E402
@@ -177,8 +176,6 @@ def write_shards(root: Path, args, codec: str, height: int, width: int) -> Path:
     shard_dir = write_shard_set(root, FixtureSpec(
         dataset="diagnose", splits={"labelled": args.videos, "unlabelled": 0, "val": 0, "test": 0},
         samples_per_shard=max(1, args.videos // 2), num_classes=6, width=width, height=height, frames=(args.video_frames,), gop=args.gop, codec=codec))
-    for tar in sorted(shard_dir.glob("*.tar")):
-        write_index(tar, tar.with_suffix(".idx"))
     return shard_dir
 
 

@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from pipeline.contract import (KEY, LABEL, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec,  # noqa: E402
                                to_model_input)
-from pipeline.dali_index import write_index  # noqa: E402
 from pipeline.dali_loader import dali_eval_loader, dali_train_loader  # noqa: E402
 from pipeline.video_encode import even_size  # noqa: E402
 from tests.shard_fixture import FixtureSpec, write_shard_set  # noqa: E402
@@ -41,8 +40,6 @@ def write_h264_shards(out: Path, *, samples: int, frames: int, short_side: int, 
         samples_per_shard=samples_per_shard,
         num_classes=CLASSES, width=width, height=height, frames=(frames,), gop=gop, corrupt=corrupt,
         show_progress=True))
-    for tar in sorted(shard_dir.glob("*.tar")):
-        write_index(tar, tar.with_suffix(".idx"))
     return shard_dir
 
 
