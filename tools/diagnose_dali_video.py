@@ -38,7 +38,6 @@ import os
 import queue
 import resource
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ from pipeline.contract import VIDEO, AugmentSpec, ClipSpec  # noqa: E402
 from pipeline.dali_loader import dali_train_loader  # noqa: E402
 from pipeline.video_encode import EncodeSettings, encode_video_bytes, even_size  # noqa: E402
 from tests.shard_fixture import FixtureSpec, synthetic_frames, write_shard_set  # noqa: E402
-from tools.profile_throughput import NvmlSampler, int_list  # noqa: E402
+from tools.profile_throughput import NvmlSampler, extract_members, int_list  # noqa: E402
 
 CODEC = {"gpu": "h264", "cpu": "vp9"}  # DALI's CPU decoder reads no H.264
 
@@ -177,16 +176,6 @@ def write_shards(root: Path, args, codec: str, height: int, width: int) -> Path:
         dataset="diagnose", splits={"labelled": args.videos, "unlabelled": 0, "val": 0, "test": 0},
         samples_per_shard=max(1, args.videos // 2), num_classes=6, width=width, height=height, frames=(args.video_frames,), gop=args.gop, codec=codec))
     return shard_dir
-
-
-def shard_videos(shard_dir: Path, ext: str) -> list[np.ndarray]:
-    """The encoded video members of the shards, byte for byte what the loader's reader returns."""
-    videos = []
-    for tar_path in sorted(shard_dir.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            videos += [np.frombuffer(tar.extractfile(m).read(), np.uint8) for m in tar.getmembers()
-                       if m.name.endswith("." + ext)]
-    return videos
 
 
 def _decode_clip_process(device: str, batch: int, threads: int, videos: list, frame_lists: list, frames: int,
@@ -318,13 +307,10 @@ def main(argv=None) -> int:
               f"({width}x{height}, keyframe every {args.gop})", flush=True)
         by_length = encode_lengths(args.lengths, args.videos, codec, height, width, args.gop)
         shard_dir = write_shards(Path(tmp), args, codec, height, width)
-        ext = EncodeSettings(codec=codec).container_format
-        videos = shard_videos(shard_dir, ext)
+        # the shards' video members as files (for the readers) and as bytes (for the decoder rows)
+        files = [path for path, _ in extract_members(shard_dir, Path(tmp) / "files")[0]]
+        videos = [np.fromfile(path, np.uint8) for path in files]
         frame_lists = clip_frame_lists(len(videos), args.video_frames, clip)
-        files = []
-        for i, video in enumerate(videos):
-            files.append(str(Path(tmp) / f"video_{i:04d}.{ext}"))
-            Path(files[-1]).write_bytes(video.tobytes())
 
         # the most parallel combination first, then the processes rows: the most telling rows come
         # before a time limit can cut the run short (the JSON keeps every finished row)
