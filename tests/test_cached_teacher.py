@@ -28,6 +28,7 @@ NAMES = ("ucf101", "ssv2")
 
 @pytest.fixture(scope="module")
 def setup(tiny_shards, tmp_path_factory):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("cached_teacher")
     overrides = [f"output_dir={out}", "name=tiny", "data.num_workers=0", "data.eval_batch_size=8"]
@@ -38,7 +39,8 @@ def setup(tiny_shards, tmp_path_factory):
     model = JediModel({n: build_backbone("x3d_tiny", "batchnorm") for n in NAMES},
                       {n: len(infos[n].classes) for n in NAMES})
     model.init_teachers_from_students()
-    return config, infos, model, Streams(config, infos, 0, 1, torch.device("cpu")), Accelerator(cpu=True), overrides
+    yield config, infos, model, Streams(config, infos, 0, 1, torch.device("cpu")), Accelerator(cpu=True), overrides
+    torch.set_num_threads(threads)  # the other test modules keep their own thread count
 
 
 def eval_clips(streams, name, split="unlabelled"):

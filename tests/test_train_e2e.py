@@ -15,15 +15,20 @@ from jedi_train.run import main
 GOLDEN_FIRST_LOSSES = [14.0006, 15.2195, 15.871]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
+def main_one_thread(args: list[str]) -> int:
+    """The trainer in this process with one torch thread, as the golden losses were recorded."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(tiny_run_args(tiny_shards, out)) == 0
+        return main(args)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main_one_thread(tiny_run_args(tiny_shards, out)) == 0
     return out / "tiny"
 
 
@@ -62,13 +67,9 @@ def test_cached_teacher_mode_trains_from_the_experts(tiny_run, tiny_shards, tmp_
     """jedi.teacher_cache + teacher_cache_labelled (foreign_grad_scale=0): the stage fills the unlabelled
     and labelled caches of every dataset, trains every step with finite losses and evaluates."""
     shutil.copytree(tiny_run / "experts", tmp_path / "tiny" / "experts")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main([*tiny_run_args(tiny_shards, tmp_path), "stage=jedi", "jedi.run_control=false",
-                     "jedi.teacher_cache=true", "jedi.teacher_cache_labelled=true", "jedi.foreign_grad_scale=0"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main_one_thread([*tiny_run_args(tiny_shards, tmp_path), "stage=jedi", "jedi.run_control=false",
+                            "jedi.teacher_cache=true", "jedi.teacher_cache_labelled=true",
+                            "jedi.foreign_grad_scale=0"]) == 0
     steps = [json.loads(line) for line in (tmp_path / "tiny" / "jedi" / "steps.jsonl").read_text().splitlines()]
     assert len(steps) == 6 and all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)
     for name in tiny_shards:
