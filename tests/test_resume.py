@@ -126,7 +126,6 @@ def test_non_finite_losses_stop_the_run_with_last_good_checkpoint(tiny_shards, e
     args = tiny_run_args(tiny_shards, run, NAMES) + JEDI + ["jedi.lr=1e15", "max_bad_steps=2"]
     result = subprocess.run([sys.executable, "jedi_train/run.py", *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
-    assert result.returncode != 0
     output = result.stdout + result.stderr
     assert result.returncode == 1
     assert "non-finite loss" in output and "batch keys" in output and "2 non-finite losses in a row" in output
