@@ -8,9 +8,10 @@ split lists, HMDB titles full of `( ) ! & ; @ [ ] # + -`, quoted Kinetics labels
 video was never downloaded, SSv2 templates with `[something]`), plus `<out>/synthetic_info.json`
 recording each class's motion primitive, the styles, the counts, the seed and every clip's primitive.
 
-The content is the benchmark of METHOD.md section 1b: a broad Kinetics-like set (all 12 primitives,
-every clip in a random one of the 4 styles, the largest set) next to three narrow sets (one style and
-6 classes each). Labels, file lists and frames depend only on --seed; a rerun skips finished videos,
+The content is the benchmark of METHOD.md section 1b: a broad Kinetics-like set (12 of the 14
+primitives, every clip in a random one of the 4 styles, the largest set) next to three narrow sets (one
+style and 6 classes each; most of their classes share a primitive with the broad set, the UCF-like
+`HandstandPushups` and the HMDB-like `somersault` do not). Test parts hold 50 clips per class. Labels, file lists and frames depend only on --seed; a rerun skips finished videos,
 and an interrupted one leaves no half-written file behind.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ UCF_CLASSES = {
     "BlowingCandles": ("blink",),
     "Hammering": ("shake",),
     "HammerThrow": ("rotate_cw", "rotate_ccw"),
-    "HandstandPushups": ("bounce",),
+    "HandstandPushups": ("pulse",),  # a primitive the broad set does not have
     "JumpingJack": ("grow",),
     "JumpRope": ("shrink",),
 }
@@ -54,7 +55,7 @@ HMDB_CLASSES = {
     "climb": ("move_up",),
     "fall_floor": ("move_down",),
     "jump": ("bounce",),
-    "somersault": ("orbit",),
+    "somersault": ("zigzag",),  # a primitive the broad set does not have
     "turn": ("rotate_cw", "rotate_ccw"),
     "wave": ("shake",),
 }
@@ -97,32 +98,41 @@ DATASETS = ("ucf101", "hmdb51", "kinetics400", "ssv2")  # the index is part of e
 
 @dataclass(frozen=True)
 class SizePreset:
-    """How many clips each dataset gets. UCF clips are spread over `ucf_groups`; HMDB lists every
-    clip in all 3 splits; Kinetics writes ~2% CSV rows without a video."""
+    """How many clips each dataset gets per class and official split. UCF train clips are spread over
+    its groups 8-25 and test clips over groups 1-7 (split 1's test groups); HMDB lists every clip in all
+    3 splits (tags 1 = train, 2 = test, 0 = unused, drawn per split); Kinetics writes ~2% CSV rows without
+    a video. Test parts hold at least 50 clips per class in `demo` and `large` (METHOD.md 1b: a table
+    must be able to say something; one clip is 0.3 points of a 6-class test split)."""
 
     kinetics_train_per_class: int
-    kinetics_val_per_class: int
-    ucf_clips_per_class: int
+    kinetics_val_per_class: int  # Kinetics' `val` is the test part
+    ucf_train_per_class: int
+    ucf_test_per_class: int
     ucf_groups: tuple[int, ...]
-    hmdb_clips_per_class: int
+    hmdb_train_per_class: int
+    hmdb_test_per_class: int
+    hmdb_unused_per_class: int
     ssv2_train_per_class: int
-    ssv2_val_per_class: int
-    ssv2_test_per_class: int
+    ssv2_val_per_class: int  # SSv2's `validation` is the test part
+    ssv2_test_per_class: int  # SSv2's `test` has no labels
     max_frames: int | None = None  # cap on 2 s x fps (tiny clips are shorter)
 
 
 SIZES = {
     # tiny: one clip per UCF group, groups chosen so each split has test clips (g01-07, g08-14, g15-21)
     "tiny": SizePreset(kinetics_train_per_class=4, kinetics_val_per_class=3,
-                       ucf_clips_per_class=7, ucf_groups=(1, 3, 6, 9, 14, 18, 23), hmdb_clips_per_class=11,
+                       ucf_train_per_class=4, ucf_test_per_class=3, ucf_groups=(1, 3, 6, 9, 14, 18, 23),
+                       hmdb_train_per_class=6, hmdb_test_per_class=3, hmdb_unused_per_class=2,
                        ssv2_train_per_class=4, ssv2_val_per_class=3, ssv2_test_per_class=1, max_frames=16),
-    # demo: ~1.8k videos, measured 85 s wall with --workers 2 on the 2-core dev box (~92 CPU s)
-    "demo": SizePreset(kinetics_train_per_class=60, kinetics_val_per_class=15,
-                       ucf_clips_per_class=45, ucf_groups=tuple(range(1, 26)), hmdb_clips_per_class=40,
-                       ssv2_train_per_class=50, ssv2_val_per_class=15, ssv2_test_per_class=5),
-    "large": SizePreset(kinetics_train_per_class=240, kinetics_val_per_class=60,
-                        ucf_clips_per_class=180, ucf_groups=tuple(range(1, 26)), hmdb_clips_per_class=160,
-                        ssv2_train_per_class=200, ssv2_val_per_class=60, ssv2_test_per_class=20),
+    # demo: ~3.6k videos; 50 test clips per class everywhere
+    "demo": SizePreset(kinetics_train_per_class=70, kinetics_val_per_class=50,
+                       ucf_train_per_class=70, ucf_test_per_class=50, ucf_groups=tuple(range(1, 26)),
+                       hmdb_train_per_class=70, hmdb_test_per_class=50, hmdb_unused_per_class=6,
+                       ssv2_train_per_class=70, ssv2_val_per_class=50, ssv2_test_per_class=3),
+    "large": SizePreset(kinetics_train_per_class=280, kinetics_val_per_class=100,
+                        ucf_train_per_class=200, ucf_test_per_class=100, ucf_groups=tuple(range(1, 26)),
+                        hmdb_train_per_class=200, hmdb_test_per_class=100, hmdb_unused_per_class=20,
+                        ssv2_train_per_class=200, ssv2_val_per_class=100, ssv2_test_per_class=20),
 }
 
 
@@ -198,11 +208,13 @@ def plan_ucf101(preset: SizePreset, seed: int) -> DatasetPlan:
     class_order = sorted(UCF_CLASSES, key=str.lower)  # classInd order is case-insensitive
     videos, files_by_class = [], {}
     for name in class_order:
-        groups = preset.ucf_groups
-        per_group = 1 + rng.multinomial(preset.ucf_clips_per_class - len(groups), [1 / len(groups)] * len(groups))
+        per_group = []
+        for groups, clips in (([g for g in preset.ucf_groups if g <= 7], preset.ucf_test_per_class),
+                              ([g for g in preset.ucf_groups if g > 7], preset.ucf_train_per_class)):
+            per_group += list(zip(groups, 1 + rng.multinomial(clips - len(groups), [1 / len(groups)] * len(groups))))
         token = "HandStandPushups" if name == "HandstandPushups" else name  # the real file-name quirk
         files_by_class[name] = []
-        for group, count in zip(groups, per_group):
+        for group, count in per_group:
             for clip in range(1, count + 1):
                 rel = f"{name}/v_{token}_g{group:02d}_c{clip:02d}.avi"
                 files_by_class[name].append((group, rel))
@@ -236,12 +248,13 @@ def plan_hmdb51(preset: SizePreset, seed: int) -> DatasetPlan:
     videos, names_by_class, titles = [], {}, 0
     for name in sorted(HMDB_CLASSES):
         names_by_class[name] = []
-        while len(names_by_class[name]) < preset.hmdb_clips_per_class:
+        clips_per_class = preset.hmdb_train_per_class + preset.hmdb_test_per_class + preset.hmdb_unused_per_class
+        while len(names_by_class[name]) < clips_per_class:
             # one source video gives several numbered clips, as in the real set
             title = _hmdb_title(rng, titles)
             titles += 1
             for n in range(int(rng.integers(1, 4))):
-                if len(names_by_class[name]) == preset.hmdb_clips_per_class:
+                if len(names_by_class[name]) == clips_per_class:
                     break
                 tags = (rng.choice(list("fuhl")), rng.choice(["cm", "nm"]), f"np{rng.choice([1, 1, 2, 3])}",
                         rng.choice(["fr", "ba", "le", "ri"]), rng.choice(["bad", "med", "goo"]))
@@ -258,8 +271,7 @@ def plan_hmdb51(preset: SizePreset, seed: int) -> DatasetPlan:
         tag_totals = Counter()
         for name, clips in names_by_class.items():
             order = rng.permutation(len(clips))
-            unused = max(1, round(0.2 * len(clips)))
-            test = round(0.3 * (len(clips) - unused))
+            unused, test = preset.hmdb_unused_per_class, preset.hmdb_test_per_class
             tags = {clips[i]: 0 if k < unused else 2 if k < unused + test else 1 for k, i in enumerate(order)}
             tag_totals.update(tags.values())
             # real split files have a trailing space after the tag

@@ -2,8 +2,10 @@
 
 The primitives are the "actions" shared by the four synthetic datasets; the styles are their visual
 domains (METHOD.md section 1b). Everything is relative to the frame's short side, so a clip reads the
-same at 320x240, 256x340 or after a re-encode to a 48-px short side: the object spans about 34-48% of
+same at 320x240, 256x340 or after a re-encode to a 40-px short side: the object spans about 34-48% of
 the short side and its motion covers a large part of the frame, so a tiny 3D CNN at 32x32 can see it.
+The whole action happens inside the centred square of side min(width, height), the region a centre
+crop keeps, so no crop of the loaders cuts it out of view.
 
 Screen conventions (image y axis points down): `move_up` decreases y, `rotate_cw` turns clockwise as
 seen on screen, so a horizontal flip swaps move_left/move_right and rotate_cw/rotate_ccw, and playing
@@ -20,6 +22,7 @@ PRIMITIVES: tuple[str, ...] = (
     "move_left", "move_right", "move_up", "move_down",
     "rotate_cw", "rotate_ccw", "grow", "shrink",
     "shake", "bounce", "orbit", "blink",
+    "pulse", "zigzag",
 )
 
 # A: bright textured rectangle on a dark noisy background
@@ -48,8 +51,17 @@ def _static_position(width: int, height: int, margin: float, rng: np.random.Gene
 
 def make_trajectory(primitive: str, num_frames: int, width: int, height: int,
                     rng: np.random.Generator) -> Trajectory:
-    """Random instance of `primitive`: size, position, speed and phase are drawn from `rng`."""
+    """Random instance of `primitive`: size, position, speed and phase are drawn from `rng`.
+    The motion stays inside the centred square of side min(width, height)."""
     short = min(width, height)
+    centred = _square_trajectory(primitive, num_frames, short, rng)
+    return Trajectory(centred.cx + (width - short) / 2, centred.cy + (height - short) / 2, centred.scale,
+                      centred.angle, centred.visible, centred.radius)
+
+
+def _square_trajectory(primitive: str, num_frames: int, short: int, rng: np.random.Generator) -> Trajectory:
+    """The trajectory in a short x short square (origin at its top-left corner)."""
+    width = height = short
     radius = float(rng.uniform(0.17, 0.24)) * short  # bounding circle: 34-48% of the short side
     t = np.linspace(0.0, 1.0, num_frames)
     ones = np.ones(num_frames)
@@ -99,6 +111,23 @@ def make_trajectory(primitive: str, num_frames: int, width: int, height: int,
         x, y = _static_position(width, height, radius + orbit_radius, rng)
         phase = rng.uniform(0, 2 * np.pi) + 2 * np.pi * turns * t
         cx, cy = x + orbit_radius * np.cos(phase), y + orbit_radius * np.sin(phase)
+    elif primitive == "pulse":
+        cycles = float(rng.uniform(2.0, 2.6))
+        depth = float(rng.uniform(0.30, 0.40))
+        scale = 1.0 + depth * np.sin(2 * np.pi * cycles * t + rng.uniform(0, 2 * np.pi))
+        x, y = _static_position(width, height, radius * (1 + depth), rng)
+        cx, cy = x * ones, y * ones
+    elif primitive == "zigzag":
+        # drifts across the square while going up and down in straight segments (a triangle wave);
+        # the drift direction is random, so a flip or a reversal gives another zigzag
+        amplitude = float(rng.uniform(0.12, 0.16)) * short
+        teeth = float(rng.uniform(2.0, 2.5))
+        drift = float(rng.uniform(0.25, 0.35)) * short * rng.choice([-1.0, 1.0])
+        x, y = _static_position(width, height, radius + abs(drift) / 2, rng)
+        y = float(np.clip(y, radius + amplitude, height - radius - amplitude))
+        phase = teeth * t + rng.uniform(0, 1)
+        triangle = 2 * np.abs(2 * (phase - np.floor(phase + 0.5))) - 1  # in [-1, 1]
+        cx, cy = x + drift * (t - 0.5), y + amplitude * triangle
     elif primitive == "blink":
         blinks = float(rng.uniform(1.5, 2.0))
         visible = np.sin(2 * np.pi * blinks * t + rng.uniform(0, 2 * np.pi)) > 0
