@@ -1,4 +1,5 @@
-"""Video backbones (pytorchvideo) that map a clip to its penultimate feature, and linear heads.
+"""Video backbones that map a clip to its penultimate feature: pytorchvideo's X3D and Slow R50 for real
+clips, and a small non-separable 3D CNN for the small clips of the synthetic benchmark.
 
 A backbone returns `[B, feature_dim]`; the class head is a separate `nn.Linear`, so students and
 teachers can share backbones (METHOD.md section 1).
@@ -35,14 +36,48 @@ X3D_SIZES = {
 }
 
 
+# name -> output channels of the five 3x3x3 convolutions of `SmallConv3d`.
+SMALL_CNN_WIDTHS = {"cnn3d_small": (16, 32, 32, 64, 64)}
+
+
+class SmallConv3d(nn.Module):
+    """Five full (non-separable) 3x3x3 convolutions, each followed by a norm layer and ReLU; layers 2, 3
+    and 5 halve H and W (total spatial stride 8) and layers 3 and 5 halve T. Made for 8x32x32 clips,
+    where X3D's stride 32 leaves 1x1 maps and its channel-wise stem cannot tell left from right early
+    (docs/benchmarks.md, "Backbones for small clips", has the measurement). 16-32-32-64-64 channels:
+    0.21 M parameters."""
+
+    STRIDES = ((1, 1, 1), (1, 2, 2), (2, 2, 2), (1, 1, 1), (2, 2, 2))
+
+    def __init__(self, widths: tuple[int, ...], norm_layer):
+        super().__init__()
+        layers, channels = [], 3
+        for width, stride in zip(widths, self.STRIDES):
+            layers += [nn.Conv3d(channels, width, 3, stride=stride, padding=1, bias=False), norm_layer(width),
+                       nn.ReLU(inplace=True)]
+            channels = width
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = channels
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.layers(clips)
+
+
+BACKBONES = (*X3D_SIZES, "slow_r50", *SMALL_CNN_WIDTHS)
+
+
 class VideoBackbone(nn.Module):
-    """pytorchvideo network without its final projection: clip [B,3,T,H,W] -> feature [B, dim]."""
+    """A network without its final projection: clip [B,3,T,H,W] -> feature [B, dim]."""
 
     def __init__(self, name: str, norm: str = "batchnorm"):
         super().__init__()
         norm_layer = GroupNorm3d if norm == "groupnorm" else nn.BatchNorm3d
         self.name = name
-        if name in X3D_SIZES:
+        if name in SMALL_CNN_WIDTHS:
+            self.stages = SmallConv3d(SMALL_CNN_WIDTHS[name], norm_layer)
+            self.pool = nn.AdaptiveAvgPool3d(1)
+            self.feature_dim = self.stages.out_channels
+        elif name in X3D_SIZES:
             net = create_x3d(norm=norm_layer, model_num_class=1, dropout_rate=0.0, **X3D_SIZES[name])
             head = net.blocks[-1]
             # Pool over whatever T, H, W arrive instead of the fixed kernel of the default input size.
@@ -56,7 +91,7 @@ class VideoBackbone(nn.Module):
             self.pool = nn.AdaptiveAvgPool3d(1)
             self.feature_dim = 2048
         else:
-            raise ValueError(f"backbone={name!r}: allowed values are {sorted([*X3D_SIZES, 'slow_r50'])}")
+            raise ValueError(f"backbone={name!r}: allowed values are {', '.join(BACKBONES)}")
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.pool(self.stages(clips)).flatten(1)
@@ -73,6 +108,12 @@ def load_backbone_weights(backbone: VideoBackbone, path: str | Path) -> None:
         raise FileNotFoundError(f"backbone weights {path} do not exist (weights are read only from local files)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model_state", state.get("state_dict", state))
+    if backbone.name in SMALL_CNN_WIDTHS:  # our own network: its state dict as saved, nothing to rename
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"weights {path} do not fit backbone {backbone.name}: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return
     last_block = len(backbone.stages)
     renamed = {}
     for key, value in state.items():
