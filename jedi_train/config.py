@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
+from jedi_train.arms import parse_arms
+
 
 class ConfigError(ValueError):
     pass
@@ -21,10 +23,11 @@ class ConfigError(ValueError):
 @dataclass
 class DatasetConfig:
     shards: str = ""  # shard directory with manifest.json (tools/make_shards.py output)
-    backbone: Literal["x3d_tiny", "x3d_xs", "x3d_s", "x3d_m", "slow_r50"] = "x3d_tiny"
+    backbone: Literal["cnn3d_small", "x3d_tiny", "x3d_xs", "x3d_s", "x3d_m", "slow_r50"] = "cnn3d_small"
     weights: str = ""  # optional local checkpoint for the backbone (pytorchvideo state dict)
     hflip: Literal["auto", "on", "off"] = "auto"  # auto: on unless the manifest says flip changes labels
-    time_reversal: Literal["auto", "on", "off"] = "auto"  # auto: off unless the manifest says it is safe
+    time_reversal: Literal["auto", "on", "off"] = "auto"  # auto: off (no manifest can say it is safe); on: refused
+    # where the manifest says reversal changes labels
     loss_weight: float = 1.0  # per-dataset weight on all of its loss terms
 
 
@@ -35,7 +38,8 @@ class ClipConfig:
     crop_size: int = 32
     test_clips: int = 3  # temporal views of the multi-view test
     test_crops: int = 1  # spatial views of the multi-view test (1 or 3)
-    min_scale: float = 0.35  # random resized crop: smallest area fraction
+    min_scale: float = 0.6  # weak view (experts, labelled clips, teacher): smallest area fraction of the crop
+    strong_min_scale: float = 0.35  # strong (student) view: smallest area fraction of its tighter crop
 
 
 @dataclass
@@ -45,12 +49,12 @@ class DataConfig:
     unlabelled_batch_size: int = 16
     eval_batch_size: int = 16
     num_workers: int = 1  # per stream (torch loader)
-    strong_view: bool = False  # weak view for the teacher, strong view for the student
+    strong_view: bool = True  # weak view for the teacher, strong view for the student (FixMatch); false: one view
 
 
 @dataclass
 class ModelConfig:
-    norm: Literal["batchnorm", "groupnorm"] = "batchnorm"
+    norm: Literal["groupnorm", "batchnorm"] = "groupnorm"  # batchnorm for pytorchvideo weights trained with it
     # BatchNorm trap (METHOD 1b): foreign clips pass a backbone with BN in eval mode, so they never
     # update its running statistics.
     foreign_bn: Literal["frozen_stats", "train"] = "frozen_stats"
@@ -72,15 +76,14 @@ class JediConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 6
-    teacher_inputs: Literal["all", "own"] = "all"  # own = the plain self-training control
     teacher_init: Literal["expert", "fit"] = "expert"  # fit: logistic regression on labelled features
     distillation: Literal["soft", "hard"] = "soft"
     temperature: float = 1.0
     threshold: float = 0.8  # hard pseudo-labels: minimum teacher confidence
     distill_weight: float = 1.0  # lambda
     foreign_grad_scale: float = 1.0  # gradient of teacher losses into backbones j != d; 0 freezes
-    foreign_grad_warmup_steps: int = 0  # foreign path closed for this many steps
-    run_control: bool = True  # also train the self-training control with the same schedule
+    foreign_grad_warmup_steps: int = 0  # foreign path ramps linearly from 0 to foreign_grad_scale over these steps
+    arms: str = "jedi,self_training,supervised,jedi_no_foreign_grad"  # comma-separated, see jedi_train/arms.py
     teacher_cache: bool = False  # cached-teacher mode: unlabelled targets from a zarr feature cache
     teacher_cache_refresh_epochs: int = 1  # K: refill the cache with the current weights every K epochs
     teacher_cache_labelled: bool = False  # also serve foreign backbones' labelled features from a cache (fgs=0)
@@ -94,7 +97,7 @@ class RunConfig:
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 0
-    stage: Literal["experts", "jedi", "eval", "all"] = "all"
+    stage: Literal["experts", "probe", "jedi", "eval", "all"] = "all"  # probe: the premise check
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = 10
     checkpoint_every: int = 50  # optimiser steps between checkpoints (and one at every epoch end)
@@ -200,6 +203,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     for name, dataset in config.datasets.items():
         if not dataset.shards:
             raise ConfigError(f"datasets.{name}.shards is not set: give the shard directory of {name}")
+    try:
+        parse_arms(config.jedi.arms)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if config.jedi.teacher_cache_labelled and not (config.jedi.teacher_cache and config.jedi.foreign_grad_scale == 0):
         raise ConfigError("jedi.teacher_cache_labelled=true needs jedi.teacher_cache=true and jedi.foreign_grad_scale=0 "
                           f"(got teacher_cache={config.jedi.teacher_cache}, foreign_grad_scale="

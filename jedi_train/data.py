@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from jedi_train.config import ConfigError, RunConfig
-from pipeline.contract import AugmentSpec, ClipSpec
+from pipeline.contract import AugmentSpec, ClipSpec, StrongAugmentSpec
 from pipeline.manifest import Manifest, load_manifest
 
 
@@ -49,7 +49,12 @@ def dataset_infos(config: RunConfig) -> dict[str, DatasetInfo]:
         infos[name] = DatasetInfo(
             name=name, shard_dir=shard_dir, manifest=manifest,
             hflip=_resolve_switch(dataset.hflip, not manifest.hflip_changes_label),
-            time_reversal=_resolve_switch(dataset.time_reversal, not manifest.time_reversal_changes_label))
+            # auto: off. A manifest records only that reversal changes labels, never that it is safe, and most
+            # action classes have a direction in time (real SSv2, and the synthetic grow/shrink, up/down).
+            time_reversal=_resolve_switch(dataset.time_reversal, False))
+        if infos[name].time_reversal and manifest.time_reversal_changes_label:
+            raise ConfigError(f"datasets.{name}.time_reversal=on but {shard_dir / 'manifest.json'} says time "
+                              "reversal changes labels; allowed values here: auto, off")
     return infos
 
 
@@ -61,6 +66,10 @@ def clip_spec(config: RunConfig) -> ClipSpec:
 
 def augment_spec(config: RunConfig, info: DatasetInfo) -> AugmentSpec:
     return AugmentSpec(min_scale=config.clip.min_scale, hflip=info.hflip, time_reversal=info.time_reversal)
+
+
+def strong_augment_spec(config: RunConfig) -> StrongAugmentSpec:
+    return StrongAugmentSpec(min_scale=config.clip.strong_min_scale)
 
 
 def loader_kind(config: RunConfig, device: torch.device) -> str:
@@ -91,7 +100,8 @@ class Streams:
               start_step: int = 0, strong_view: bool = False):
         info = self.infos[name]
         common = dict(batch_size=batch_size, steps_per_epoch=steps_per_epoch, rank=self.rank,
-                      world_size=self.world_size, seed=self.config.seed, strong_view=strong_view)
+                      world_size=self.world_size, seed=self.config.seed,
+                      strong_view=strong_augment_spec(self.config) if strong_view else False)
         if self.kind.startswith("dali"):
             from pipeline.dali_loader import dali_train_loader
             cache_key = (name, split, batch_size, steps_per_epoch, strong_view)

@@ -1,11 +1,14 @@
-"""Stage `jedi`: joint semi-supervised training of students and teachers (METHOD.md section 1, step 4).
+"""Stage `jedi`: joint semi-supervised training of students and teachers (METHOD.md section 1, steps 4-5).
 
-`variant="jedi"` trains teachers on all students' features; `variant="self_training"` is the plain
-self-training control: same schedule, each teacher reads its own expert's features only.
+Each arm of jedi_train/arms.py (JEDI, the self-training control, supervised continuation, JEDI without the
+foreign gradient path) starts from the same experts and reads the same batches in the same order.
+Model selection is per dataset (METHOD.md step 5): after every epoch each dataset's student and teacher
+are scored on that dataset's `val` split, and each keeps the weights of its own best epoch.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from jedi_train.arms import ARMS
 from jedi_train.cached_teacher import (cached_foreign_features, cached_teacher_targets, fit_teacher_heads,
                                       refresh_teacher_cache)
 from jedi_train.checkpoint import Checkpointer, Interrupted, NonFiniteLoss, Progress, StopRequest
@@ -23,9 +27,6 @@ from jedi_train.jedi import DistillSettings, JediModel
 from jedi_train.meter import StepMeter
 from jedi_train.train_experts import load_expert
 from pipeline.contract import to_model_input
-
-VARIANTS = {"jedi": "all", "self_training": "own"}
-
 
 def teacher_cache_dir(config: RunConfig, variant: str) -> Path:
     root = Path(config.jedi.teacher_cache_dir) if config.jedi.teacher_cache_dir else config.run_dir / "feature_cache"
@@ -44,7 +45,7 @@ def build_jedi_model(config: RunConfig, infos: dict[str, DatasetInfo], variant: 
                                freeze_foreign_bn_stats=config.model.foreign_bn == "frozen_stats")
     model = JediModel({name: expert.backbone for name, expert in experts.items()},
                       {name: len(info.classes) for name, info in infos.items()},
-                      teacher_inputs=VARIANTS[variant], settings=settings,
+                      teacher_inputs=ARMS[variant].teacher_inputs, settings=settings,
                       loss_weights={name: config.datasets[name].loss_weight for name in infos})
     for name, expert in experts.items():
         model.student_heads[name].load_state_dict(expert.head.state_dict())
@@ -52,20 +53,39 @@ def build_jedi_model(config: RunConfig, infos: dict[str, DatasetInfo], variant: 
     return model
 
 
-def load_variant(config: RunConfig, infos: dict[str, DatasetInfo], variant: str) -> JediModel:
+ROLES = ("student", "teacher")
+
+
+def selection_keys(names: list[str]) -> list[str]:
+    """The models that keep their own best epoch: `<dataset>/student` and `<dataset>/teacher`."""
+    return [f"{name}/{role}" for name in names for role in ROLES]
+
+
+def load_selected(config: RunConfig, infos: dict[str, DatasetInfo], variant: str) -> dict[str, JediModel]:
+    """`<dataset>/<role>` -> the arm's model at that dataset's and role's best validation epoch (models of
+    the same epoch are one object)."""
     path = variant_path(config, variant)
     if not path.is_file():
         raise FileNotFoundError(f"{variant} checkpoint {path} is missing: run stage=jedi first")
-    model = build_jedi_model(config, infos, variant)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    models = {}
+    for epoch, state in saved["states"].items():
+        models[epoch] = build_jedi_model(config, infos, variant)
+        models[epoch].load_state_dict(state)
+    return {key: models[str(epoch)] for key, epoch in saved["selection"].items()}
 
 
-def foreign_scale(config: RunConfig, step: int) -> float:
-    return 0.0 if step < config.jedi.foreign_grad_warmup_steps else config.jedi.foreign_grad_scale
+def foreign_scale(config: RunConfig, variant: str, step: int) -> float:
+    """Scale of the teacher losses' gradient into foreign backbones: 0 for arms without that path, else
+    a linear ramp from 0 to jedi.foreign_grad_scale over jedi.foreign_grad_warmup_steps."""
+    if not ARMS[variant].foreign_grad:
+        return 0.0
+    warmup = config.jedi.foreign_grad_warmup_steps
+    return config.jedi.foreign_grad_scale * (min(1.0, step / warmup) if warmup > 0 else 1.0)
 
 
 def validate(model: JediModel, streams: Streams, accelerator: Accelerator) -> dict:
+    """Val top-1 of every dataset's student and teacher (`<dataset>/<role>`), plus their means."""
     model.eval()
     scores = {}
     for name in model.names:
@@ -73,9 +93,24 @@ def validate(model: JediModel, streams: Streams, accelerator: Accelerator) -> di
                                              streams.eval(name, "val", multi_view=False), accelerator)["top1"]
         scores[f"{name}/teacher"] = accuracy(lambda x, n=name: model.teacher_logits(n, x),
                                              streams.eval(name, "val", multi_view=False), accelerator)["top1"]
-    scores["mean_student"] = sum(scores[f"{n}/student"] for n in model.names) / len(model.names)
+    for role in ROLES:
+        scores[f"mean_{role}"] = sum(scores[f"{n}/{role}"] for n in model.names) / len(model.names)
     model.train()
     return scores
+
+
+def select_best(progress: Progress, best_states: dict[str, dict], scores: dict, epoch: int, state: dict) -> list[str]:
+    """Per-dataset model selection: every `<dataset>/<role>` whose val top-1 beat its best keeps this epoch.
+    `best_states` holds one state per epoch still selected by some model. Returns the improved keys."""
+    improved = [key for key in progress.best["selection"] if scores[key] > progress.best["selection"][key]["top1"]]
+    for key in improved:
+        progress.best["selection"][key] = {"epoch": epoch, "top1": scores[key]}
+    if improved:
+        best_states[str(epoch)] = copy.deepcopy(state)
+    in_use = {str(entry["epoch"]) for entry in progress.best["selection"].values()}
+    for stale in [e for e in best_states if e not in in_use]:
+        del best_states[stale]
+    return improved
 
 
 def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, infos: dict[str, DatasetInfo],
@@ -94,18 +129,22 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.1)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core = accelerator.unwrap_model(model)
-    strong = config.data.strong_view
+    arm = ARMS[variant]
+    strong = config.data.strong_view and arm.unlabelled
     checkpointer = Checkpointer(accelerator, config.run_dir / variant / "checkpoints", config.keep_checkpoints)
 
     latest = checkpointer.latest() if resume else None
     if latest:
-        progress, best_state = checkpointer.load(latest)
+        progress, best_states = checkpointer.load(latest)
         accelerator.print(f"[{variant}] resumed from {latest}: epoch {progress.epoch + 1}, "
                           f"step {progress.step_in_epoch} of {cfg.steps_per_epoch}")
-    else:
-        progress = Progress(best={"epoch": -1, **validate(core, streams, accelerator)})  # -1: the experts
-        best_state = copy.deepcopy(core.state_dict())
-        accelerator.print(f"[{variant}] start: mean student val top-1 {progress.best['mean_student']:.1f}")
+    else:  # epoch -1: the experts, the start of every arm
+        scores = validate(core, streams, accelerator)
+        progress = Progress(best={"selection": {key: {"epoch": -1, "top1": scores[key]} for key in selection_keys(names)},
+                                  "last_improved_epoch": -1})
+        best_states = {"-1": copy.deepcopy(core.state_dict())}
+        accelerator.print(f"[{variant}] start: mean val top-1 student {scores['mean_student']:.1f}, "
+                          f"teacher {scores['mean_teacher']:.1f}")
     step_log = StepLog(config.run_dir / variant / "steps.jsonl", accelerator, progress.step)
     stop = StopRequest()
     meter = StepMeter()
@@ -114,15 +153,17 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
     has_foreign = any(len(core.teacher_sources(n)) > 1 for n in names)  # false for the control
     while progress.epoch < cfg.epochs and not progress.finished:
         epoch = progress.epoch
-        if cfg.teacher_cache and (epoch % cfg.teacher_cache_refresh_epochs == 0 or caches is None):
+        if cfg.teacher_cache and arm.unlabelled and (epoch % cfg.teacher_cache_refresh_epochs == 0 or caches is None):
             caches = refresh_teacher_cache(core, streams, accelerator, teacher_cache_dir(config, variant))
             if cfg.teacher_cache_labelled and has_foreign:
                 labelled_caches = refresh_teacher_cache(core, streams, accelerator, teacher_cache_dir(config, variant),
                                                         split="labelled", resident_features=True)
         labelled = {n: streams.train(n, "labelled", config.data.labelled_batch_size, cfg.steps_per_epoch, epoch,
                                      start_step=progress.step_in_epoch) for n in names}
+        # the supervised arm reads no unlabelled clips; the others read the same unlabelled batches
         unlabelled = {n: streams.train(n, "unlabelled", config.data.unlabelled_batch_size, cfg.steps_per_epoch,
-                                       epoch, start_step=progress.step_in_epoch, strong_view=strong) for n in names}
+                                       epoch, start_step=progress.step_in_epoch, strong_view=strong)
+                      for n in names} if arm.unlabelled else {}
         joint = zip(*labelled.values(), *unlabelled.values())
         for batches in meter.timed(joint):
             lab, unl = dict(zip(names, batches[:len(names)])), dict(zip(names, batches[len(names):]))
@@ -130,10 +171,10 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
             losses = model(
                 labelled_clips={n: clips(lab[n]) for n in names},
                 labels={n: lab[n]["label"].to(device) for n in names},
-                unlabelled_clips={n: clips(unl[n]) for n in names},
+                unlabelled_clips={n: clips(unl[n]) for n in names} if unl else None,
                 unlabelled_student_clips={n: clips(unl[n], "strong_video") for n in names} if strong else None,
-                unlabelled_true_labels={n: unl[n]["label"].to(device) for n in names},
-                foreign_grad_scale=foreign_scale(config, progress.step),
+                unlabelled_true_labels={n: unl[n]["label"].to(device) for n in names} if unl else None,
+                foreign_grad_scale=foreign_scale(config, variant, progress.step),
                 cached_teacher_logits=cached_teacher_targets(caches, unl, device) if caches else None,
                 cached_foreign_features=cached_foreign_features(core, labelled_caches, lab, device)
                 if labelled_caches else None)
@@ -157,7 +198,7 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
             progress.step_in_epoch += 1
             meter.step_done(sum(b["video"].shape[0] for b in batches) * accelerator.num_processes)
             bar.update(1)
-            step_log.write(progress.step, epoch, losses["loss"].item())
+            step_log.write(progress.step, epoch, losses["loss"].item(), lab, unl)
             if progress.step % config.log_every == 0:
                 logged = {f"{variant}/{k}": v.item() for k, v in losses.items()}
                 accelerator.log(logged | {f"{variant}/clips_per_s": meter.clips_per_second,
@@ -165,33 +206,35 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
                 bar.set_postfix_str(meter.line(losses["loss"].item(), scheduler.get_last_lr()[0], streams.kind))
                 meter.reset()
             if flags[1] > 0:
-                path = checkpointer.save(progress, best_state)
+                path = checkpointer.save(progress, best_states)
                 raise Interrupted(f"[{variant}] stopped by signal; checkpoint {path}; continue with --resume")
             if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
-                checkpointer.save(progress, best_state)
+                checkpointer.save(progress, best_states)
         skipped_keys = sorted({k for loader in [*labelled.values(), *unlabelled.values()] for k in loader.skipped_keys})
         skipped = len(skipped_keys)
         progress.skipped_samples[str(epoch)] = skipped_keys
         scores = validate(core, streams, accelerator)
         accelerator.log({f"{variant}/val/{k}": v for k, v in scores.items()} | {f"{variant}/skipped": skipped},
                         step=progress.step)
-        accelerator.print(f"[{variant}] epoch {epoch + 1}/{cfg.epochs}: mean student val top-1 "
-                          f"{scores['mean_student']:.1f} (best {progress.best['mean_student']:.1f}), "
-                          f"{skipped} corrupt samples skipped" + (f" {skipped_keys[:5]}" if skipped else ""))
+        improved = select_best(progress, best_states, scores, epoch, core.state_dict())
+        if improved:
+            progress.best["last_improved_epoch"] = epoch
+        accelerator.print(f"[{variant}] epoch {epoch + 1}/{cfg.epochs}: mean val top-1 student "
+                          f"{scores['mean_student']:.1f}, teacher {scores['mean_teacher']:.1f}; improved: "
+                          f"{', '.join(improved) or 'none'}; {skipped} corrupt samples skipped"
+                          + (f" {skipped_keys[:5]}" if skipped else ""))
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
-        if scores["mean_student"] > progress.best["mean_student"]:
-            progress.best = {"epoch": epoch, **scores}
-            best_state = copy.deepcopy(core.state_dict())
-        elif epoch - progress.best["epoch"] >= cfg.patience:
-            accelerator.print(f"[{variant}] early stop: no better val top-1 for {cfg.patience} epochs")
+        if epoch - progress.best["last_improved_epoch"] >= cfg.patience:
+            accelerator.print(f"[{variant}] early stop: no dataset's student or teacher improved for {cfg.patience} epochs")
             progress.finished = True
-        checkpointer.save(progress, best_state)
+        checkpointer.save(progress, best_states)
     bar.close()
     stop.restore()
     if accelerator.is_main_process:
         path = variant_path(config, variant)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(best_state, path.with_suffix(".tmp"))
+        selection = {key: entry["epoch"] for key, entry in progress.best["selection"].items()}
+        torch.save({"selection": selection, "states": best_states}, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
         (path.parent / "best_val.json").write_text(json.dumps(progress.best | {
             "skipped_samples": progress.skipped_samples}, indent=2))
@@ -199,8 +242,14 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
     return progress.best | {"skipped_samples": progress.skipped_samples}
 
 
+def keys_digest(batches: dict[str, dict]) -> str:
+    """A short fingerprint of the sample keys of one step's batches, in dataset order."""
+    return hashlib.sha1("|".join(k for name in batches for k in batches[name]["key"]).encode()).hexdigest()[:12]
+
+
 class StepLog:
-    """One JSON line per optimiser step (main process): the record golden-loss and resume tests read."""
+    """One JSON line per optimiser step (main process): the loss and a fingerprint of the batches' sample
+    keys, the record that golden-loss, resume and same-batches tests read."""
 
     def __init__(self, path: Path, accelerator: Accelerator, resume_step: int):
         self.path = path if accelerator.is_main_process else None
@@ -210,7 +259,9 @@ class StepLog:
                     if json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
 
-    def write(self, step: int, epoch: int, loss: float) -> None:
+    def write(self, step: int, epoch: int, loss: float, labelled: dict, unlabelled: dict) -> None:
         if self.path:
+            record = {"step": step, "epoch": epoch, "loss": loss, "labelled_keys": keys_digest(labelled),
+                      "unlabelled_keys": keys_digest(unlabelled) if unlabelled else None}
             with self.path.open("a") as f:
-                f.write(json.dumps({"step": step, "epoch": epoch, "loss": loss}) + "\n")
+                f.write(json.dumps(record) + "\n")

@@ -27,7 +27,8 @@ def test_yaml_then_overrides(tmp_path):
     (["jedi.distillation=medium"], ["jedi.distillation='medium'", "soft, hard"]),
     (["jedi.epochs=three"], ["jedi.epochs", "integer"]),
     (["datasets.ucf.backbone=resnet9"], ["datasets.ucf.backbone", "x3d_tiny"]),
-    (["stage=train"], ["stage", "experts, jedi, eval, all"]),
+    (["stage=train"], ["stage", "experts, probe, jedi, eval, all"]),
+    (["jedi.arms=jedi,mean_teacher"], ["jedi.arms", "unknown arm mean_teacher", "self_training, supervised"]),
     (["loader=dali"], ["unknown config key loader", "valid keys under the top level"]),
     (["jedi.teacher_cache=true", "jedi.teacher_cache_labelled=true"],
      ["jedi.teacher_cache_labelled", "jedi.foreign_grad_scale=0", "foreign_grad_scale=1.0"]),
@@ -50,5 +51,12 @@ def test_help_lists_every_key(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for key in ("jedi.teacher_inputs", "jedi.foreign_grad_scale", "data.loader", "model.foreign_bn", "clip.frames"):
+    for key in ("jedi.arms", "jedi.foreign_grad_scale", "data.loader", "model.foreign_bn", "clip.frames"):
         assert key in out
+
+
+def test_foreign_gradient_warmup_is_a_ramp():
+    from jedi_train.train_jedi import foreign_scale
+    config = load_config(None, BASE + ["jedi.foreign_grad_scale=0.5", "jedi.foreign_grad_warmup_steps=10"])
+    assert [foreign_scale(config, "jedi", step) for step in (0, 5, 10, 20)] == [0.0, 0.25, 0.5, 0.5]
+    assert foreign_scale(config, "jedi_no_foreign_grad", 20) == 0.0 and foreign_scale(config, "self_training", 20) == 0.0

@@ -29,11 +29,15 @@ def stepped_model(**kwargs):
     return model
 
 
-def make_inputs(batch=4, seed=1):
+def make_inputs(batch=4, seed=1, strong=False):
     g = torch.Generator().manual_seed(seed)
     clips = lambda: {n: torch.randn(batch, 3, 8, 32, 32, generator=g) for n in NAMES}  # noqa: E731
     labels = {n: torch.randint(0, CLASSES[n], (batch,), generator=g) for n in NAMES}
-    return dict(labelled_clips=clips(), labels=labels, unlabelled_clips=clips())
+    inputs = dict(labelled_clips=clips(), labels=labels, unlabelled_clips=clips())
+    if strong:  # another view of the same clips: the weak view plus noise
+        inputs["unlabelled_student_clips"] = {n: v + 0.5 * torch.randn(v.shape, generator=g)
+                                              for n, v in inputs["unlabelled_clips"].items()}
+    return inputs
 
 
 def test_teacher_equals_expert_at_step_zero():
@@ -49,7 +53,10 @@ def test_every_loss_term_is_nonzero_and_finite():
         for term in ("sup_student", "sup_teacher"):
             assert out[f"{n}/{term}"].item() > 0
     assert torch.isfinite(out["loss"])
-    # at step 0 teacher == student on the same view, so the soft KL is exactly zero; after a step it is not
+    # at step 0 teacher == student; on one view (and GroupNorm, so both passes normalise alike) the soft KL is
+    # exactly zero: the degenerate control of METHOD.md 1b. After a step, or with a strong view, it is not.
+    one_view = make_model(norm="groupnorm")(**make_inputs())
+    assert all(one_view[f"{n}/dist"].item() == pytest.approx(0.0, abs=1e-6) for n in NAMES)
     out = stepped_model()(**make_inputs(seed=2))
     assert all(out[f"{n}/dist"].item() > 0 for n in NAMES)
 
@@ -137,3 +144,61 @@ def test_scale_gradient_is_identity_forward():
 def test_backbones_of_both_norms_run(norm):
     out = make_model(norm=norm)(**make_inputs(batch=2))
     assert torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("distillation", ["soft", "hard"])
+def test_control_learns_from_unlabelled_clips_with_two_views(distillation):
+    """The control (teacher reads the own student only) starts equal to its student, yet with the weak view
+    for the teacher and the strong view for the student its distillation term is non-zero at step 0 and its
+    gradient reaches the control's backbones: the unlabelled clips teach it something."""
+    settings = dict(norm="groupnorm", distillation=distillation, threshold=0.0)
+    inputs = make_inputs(strong=True)
+    control = make_model(teacher_inputs="own", **settings)
+    out = control(**inputs)
+    assert all(out[f"{n}/dist"].item() > 0 for n in NAMES)
+    with_unlabelled = _grad_norms(control, out["loss"])
+    grads = {n: [p.grad.clone() for p in control.backbones[n].parameters()] for n in NAMES}
+    # the same model without the distillation term: with GroupNorm the supervised gradients are the same,
+    # so any difference is the unlabelled clips' gradient
+    supervised = make_model(teacher_inputs="own", distill_weight=0.0, **settings)
+    _grad_norms(supervised, supervised(**inputs)["loss"])
+    for n in NAMES:
+        change = sum((a - p.grad).abs().sum().item() for a, p in zip(grads[n], supervised.backbones[n].parameters()))
+        assert change > 1e-6 * with_unlabelled[n], n
+
+
+@pytest.mark.parametrize("teacher_inputs", ["all", "own"])
+def test_teacher_never_sees_the_strong_view(teacher_inputs):
+    """Every pass without gradient (the teachers' passes) reads weak-view clips only; the strong view goes
+    through the own backbone, with gradient, for the student."""
+    model = stepped_model(teacher_inputs=teacher_inputs)
+    inputs = make_inputs(strong=True)
+    strong_rows = torch.cat(list(inputs["unlabelled_student_clips"].values())).flatten(1)
+    weak_rows = torch.cat(list(inputs["unlabelled_clips"].values())).flatten(1)
+    seen = {"teacher_weak": 0, "student_strong": 0}
+
+    def check(module, args):
+        rows = args[0].flatten(1)
+        has_strong = (torch.cdist(rows, strong_rows) < 1e-6).any(dim=1)
+        if not torch.is_grad_enabled():
+            assert not has_strong.any(), "a teacher pass read the strong view"
+            seen["teacher_weak"] += int((torch.cdist(rows, weak_rows) < 1e-6).any(dim=1).sum())
+        else:
+            seen["student_strong"] += int(has_strong.sum())
+
+    hooks = [b.register_forward_pre_hook(check) for b in model.backbones.values()]
+    try:
+        model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    sources = sum(len(model.teacher_sources(n)) for n in NAMES)
+    assert seen["teacher_weak"] == 4 * sources  # every source backbone reads each dataset's weak view once
+    assert seen["student_strong"] == 4 * len(NAMES)
+
+
+def test_supervised_continuation_reads_no_unlabelled_clips():
+    inputs = make_inputs()
+    del inputs["unlabelled_clips"]
+    out = make_model(teacher_inputs="own")(**inputs)
+    assert torch.isfinite(out["loss"]) and not any(k.endswith("/dist") for k in out)

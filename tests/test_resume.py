@@ -17,7 +17,7 @@ from conftest import ROOT, subprocess_env, tiny_run_args
 from jedi_train.checkpoint import latest_checkpoint
 
 NAMES = ["ucf101", "ssv2"]
-JEDI = ["stage=jedi", "jedi.run_control=false", "jedi.epochs=2", "jedi.steps_per_epoch=4", "checkpoint_every=1",
+JEDI = ["stage=jedi", "jedi.arms=jedi", "jedi.epochs=2", "jedi.steps_per_epoch=4", "checkpoint_every=1",
         "jedi.patience=10"]
 
 
