@@ -1,6 +1,6 @@
-"""Stage `eval`: top-1 / top-5 on each dataset's test split for the expert, the JEDI student and teacher,
-and the self-training control's student and teacher; single-clip and multi-view. Writes metrics.json,
-prints the table and saves a bar chart."""
+"""Stage `eval`: top-1 / top-5 on each dataset's test split for the expert and every arm's student and
+teacher; single-clip and multi-view. Writes metrics.json, predictions.json (per-clip top-1, for paired
+tests across arms and seeds), prints the table and saves a bar chart."""
 from __future__ import annotations
 
 import json
@@ -14,47 +14,54 @@ from accelerate import Accelerator  # noqa: E402
 
 from jedi_train.config import RunConfig  # noqa: E402
 from jedi_train.data import DatasetInfo, Streams  # noqa: E402
-from jedi_train.evaluate import accuracy  # noqa: E402
+from jedi_train.arms import ARMS  # noqa: E402
+from jedi_train.evaluate import evaluate_models  # noqa: E402
 from jedi_train.train_experts import load_expert  # noqa: E402
-from jedi_train.train_jedi import load_variant, variant_path  # noqa: E402
+from jedi_train.train_jedi import load_selected, variant_path  # noqa: E402
 
 
 def evaluate_all(config: RunConfig, accelerator: Accelerator, streams: Streams,
-                 infos: dict[str, DatasetInfo]) -> dict:
-    """metrics[dataset][model][view] = {top1, top5, clips}; model in expert, jedi_student, jedi_teacher,
-    self_training_student, self_training_teacher (those whose checkpoints exist)."""
+                 infos: dict[str, DatasetInfo]) -> tuple[dict, dict]:
+    """Every model on every test split, each batch decoded once for all models. Returns (metrics,
+    predictions): metrics[dataset][model][view] = {top1, top5, clips}; predictions[dataset][view][model]
+    = {sample key: [top-1 class, label]}. Models: expert, then `<arm>_student` and `<arm>_teacher` for each
+    arm whose checkpoint exists, each at its own dataset's best validation epoch."""
     device = accelerator.device
-    models = {}
+    arms = {arm: {key: model.to(device).eval() for key, model in load_selected(config, infos, arm).items()}
+            for arm in ARMS if variant_path(config, arm).is_file()}
+    metrics: dict = {}
+    predictions: dict = {}
     for name, info in infos.items():
-        expert = load_expert(config, info).to(device).eval()
-        models[(name, "expert")] = expert
-    for variant in ("jedi", "self_training"):
-        if variant_path(config, variant).is_file():
-            model = load_variant(config, infos, variant).to(device).eval()
-            for name in infos:
-                models[(name, f"{variant}_student")] = lambda x, m=model, n=name: m.student_logits(n, x)
-                models[(name, f"{variant}_teacher")] = lambda x, m=model, n=name: m.teacher_logits(n, x)
-    metrics: dict = {name: {} for name in infos}
-    for (name, model_name), logits_fn in models.items():
-        metrics[name][model_name] = {
-            "chance": 100.0 / len(infos[name].classes),
-            "single_clip": accuracy(logits_fn, streams.eval(name, "test", multi_view=False), accelerator),
-            "multi_view": accuracy(logits_fn, streams.eval(name, "test", multi_view=True), accelerator)}
-    return metrics
+        models = {"expert": load_expert(config, info).to(device).eval()}
+        for arm, selected in arms.items():
+            models[f"{arm}_student"] = lambda x, m=selected[f"{name}/student"], n=name: m.student_logits(n, x)
+            models[f"{arm}_teacher"] = lambda x, m=selected[f"{name}/teacher"], n=name: m.teacher_logits(n, x)
+        metrics[name] = {model: {"chance": 100.0 / len(info.classes)} for model in models}
+        predictions[name] = {}
+        for view, multi_view in (("single_clip", False), ("multi_view", True)):
+            scores = evaluate_models(models, streams.eval(name, "test", multi_view=multi_view), accelerator,
+                                     predictions=True)
+            predictions[name][view] = {model: score.pop("predictions") for model, score in scores.items()}
+            for model, score in scores.items():
+                metrics[name][model][view] = score
+    return metrics, predictions
 
 
-MODEL_ORDER = ["expert", "self_training_student", "self_training_teacher", "jedi_student", "jedi_teacher"]
+# expert first, then each arm's student and teacher (the supervised arm's teacher is not a method: no column)
+MODEL_ORDER = ["expert", "supervised_student", "self_training_student", "self_training_teacher", "jedi_student",
+               "jedi_teacher", "jedi_no_foreign_grad_student", "jedi_no_foreign_grad_teacher"]
 
 
 def format_table(metrics: dict, view: str) -> str:
     present = [m for m in MODEL_ORDER if all(m in metrics[d] for d in metrics)]
-    header = f"{'dataset':<14}" + "".join(f"{m:>24}" for m in present)
+    width = max(len(m) for m in present) + 2
+    header = f"{'dataset':<14}" + "".join(f"{m:>{width}}" for m in present)
     lines = [f"test top-1 / top-5 ({view.replace('_', '-')})", header]
     for dataset, per_model in metrics.items():
-        cells = "".join(f"{per_model[m][view]['top1']:>15.1f} / {per_model[m][view]['top5']:5.1f}"
+        cells = "".join(f"{per_model[m][view]['top1']:>{width - 8}.1f} / {per_model[m][view]['top5']:5.1f}"
                         for m in present)
         lines.append(f"{dataset:<14}{cells}")
-    means = "".join(f"{sum(metrics[d][m][view]['top1'] for d in metrics) / len(metrics):>15.1f}{'':9}"
+    means = "".join(f"{sum(metrics[d][m][view]['top1'] for d in metrics) / len(metrics):>{width - 8}.1f}{'':8}"
                     for m in present)
     lines.append(f"{'mean top-1':<14}{means}")
     return "\n".join(lines)
@@ -83,9 +90,10 @@ def save_chart(metrics: dict, view: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(config: RunConfig, metrics: dict, extra: dict) -> str:
+def write_report(config: RunConfig, metrics: dict, predictions: dict, extra: dict) -> str:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, **extra}, indent=2))
+    (run_dir / "predictions.json").write_text(json.dumps(predictions))
     save_chart(metrics, "single_clip", run_dir / "results.png")
     return format_table(metrics, "single_clip") + "\n\n" + format_table(metrics, "multi_view")

@@ -1,6 +1,8 @@
 """Entry point: `accelerate launch jedi_train/run.py --config configs/<name>.yaml [key=value ...]`.
 
-Stages: experts -> jedi (JEDI and the self-training control) -> eval; `stage=all` runs them in order.
+Stages: experts -> probe (the premise check: linear probes on the experts' frozen features) -> jedi (every
+arm of jedi.arms: JEDI, the self-training control, supervised continuation, JEDI without the foreign
+gradient path) -> eval; `stage=all` runs them in order.
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ if __package__ in (None, ""):  # run as a script by `accelerate launch jedi_trai
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import ProjectConfiguration, set_seed  # noqa: E402
 
+from jedi_train.arms import parse_arms  # noqa: E402
 from jedi_train.config import ConfigError, describe_keys, load_config, to_dict  # noqa: E402
 from jedi_train.data import Streams, dataset_infos  # noqa: E402
+from jedi_train.premise import premise_check  # noqa: E402
 from jedi_train.report import evaluate_all, write_report  # noqa: E402
 from jedi_train.train_experts import train_experts  # noqa: E402
 from jedi_train.checkpoint import Interrupted, NonFiniteLoss  # noqa: E402
@@ -63,10 +67,10 @@ def main(argv=None) -> int:
         accelerator.end_training()
         return 1
     if config.stage in ("eval", "all"):
-        metrics = evaluate_all(config, accelerator, streams, infos)
+        metrics, predictions = evaluate_all(config, accelerator, streams, infos)
         if accelerator.is_main_process:
-            table = write_report(config, metrics, {"config": to_dict(config), "seed": config.seed,
-                                                   "processes": accelerator.num_processes, **summary})
+            table = write_report(config, metrics, predictions, {"config": to_dict(config), "seed": config.seed,
+                                                                "processes": accelerator.num_processes, **summary})
             print(table)
             print(f"\nwrote {run_dir / 'metrics.json'} and {run_dir / 'results.png'}")
     accelerator.end_training()
@@ -77,9 +81,10 @@ def train(config, accelerator, streams, infos, resume: bool) -> dict:
     summary = {}
     if config.stage in ("experts", "all"):
         summary["experts_val"] = train_experts(config, accelerator, streams, infos, resume)
+    if config.stage in ("probe", "all"):
+        summary["premise_probe"] = premise_check(config, accelerator, streams, infos)
     if config.stage in ("jedi", "all"):
-        variants = ["jedi", "self_training"] if config.jedi.run_control else ["jedi"]
-        for variant in variants:
+        for variant in parse_arms(config.jedi.arms):
             if resume and variant_path(config, variant).is_file():
                 accelerator.print(f"[{variant}] already trained ({variant_path(config, variant)}), kept")
                 continue

@@ -22,10 +22,11 @@ if __package__ in (None, ""):  # run as a script by `accelerate launch tools/cac
 
 from accelerate import Accelerator  # noqa: E402
 
-from jedi_train.cached_teacher import linear_probe, refresh_teacher_cache  # noqa: E402
+from jedi_train.cached_teacher import refresh_teacher_cache  # noqa: E402
+from jedi_train.premise import format_probe_table, linear_probes  # noqa: E402
 from jedi_train.config import ConfigError, describe_keys, load_config  # noqa: E402
 from jedi_train.data import Streams, dataset_infos  # noqa: E402
-from jedi_train.train_jedi import build_jedi_model, load_variant, teacher_cache_dir  # noqa: E402
+from jedi_train.train_jedi import build_jedi_model, load_selected, teacher_cache_dir  # noqa: E402
 from pipeline.feature_cache import FeatureCacheError  # noqa: E402
 
 SPLITS = ("unlabelled", "labelled", "val", "test")
@@ -40,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", choices=("experts", "jedi", "self_training"), default="experts",
                         help="which checkpoint of the run produces the rows: the experts (students = experts, "
                              "teachers = experts, as at the first JEDI step) or a trained JEDI / control model "
-                             "(<run_dir>/<variant>/best.pt). Default: experts")
+                             "(<run_dir>/<arm>/best.pt, the weights selected for the first dataset's teacher). "
+                             "Default: experts")
     parser.add_argument("--splits", default="unlabelled",
                         help=f"comma-separated splits to cache, from {', '.join(SPLITS)}. Default: unlabelled")
     parser.add_argument("--out", default="",
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
     variant = "self_training" if args.weights == "self_training" else "jedi"
     try:
         model = (build_jedi_model(config, infos, variant) if args.weights == "experts"
-                 else load_variant(config, infos, variant))
+                 else load_selected(config, infos, variant)[f"{next(iter(infos))}/teacher"])
     except (FileNotFoundError, ValueError) as error:
         print(f"checkpoint error: {error}", file=sys.stderr)
         return 2
@@ -99,18 +101,8 @@ def main(argv=None) -> int:
         print(f"cache error: {error}", file=sys.stderr)
         return 1
     if args.probe and accelerator.is_main_process:
-        results = {}
-        for name in model.names:
-            sources = model.teacher_sources(name)
-            train, test = caches["labelled"][name], caches["test"][name]
-            results[name] = {"own": linear_probe(train, test, [name], args.probe_steps, args.probe_weight_decay)}
-            if len(sources) > 1:
-                results[name]["all"] = linear_probe(train, test, sources, args.probe_steps, args.probe_weight_decay)
-        print(f"\nlinear probe on frozen {args.weights} features, test top-1 (single clip):")
-        print(f"{'dataset':<14}{'own backbone':>14}{'all backbones':>15}")
-        for name, scores in results.items():
-            all_top1 = f"{scores['all']['test_top1']:.1f}" if "all" in scores else "-"
-            print(f"{name:<14}{scores['own']['test_top1']:>14.1f}{all_top1:>15}")
+        results = linear_probes(model, caches["labelled"], caches["test"], args.probe_steps, args.probe_weight_decay)
+        print("\n" + format_probe_table(results, args.weights))
         (out / "linear_probe.json").write_text(json.dumps({"weights": args.weights, "probe": results}, indent=2))
         print(f"wrote {out / 'linear_probe.json'}")
     accelerator.wait_for_everyone()
