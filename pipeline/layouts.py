@@ -41,6 +41,7 @@ class DatasetListing:
     videos: list[SourceVideo]
     missing: list[MissingSource] = field(default_factory=list)
     hflip_changes_label: bool = False  # True where left/right classes exist (SSv2)
+    time_reversal_changes_label: bool = False  # True where a clip played backwards is another class (SSv2)
 
 
 class LayoutError(ValueError):
@@ -245,7 +246,8 @@ def read_ssv2(root: Path) -> DatasetListing:
             path = next((video_dir / f"{entry['id']}{ext}" for ext in (".webm", ".mp4")
                          if (video_dir / f"{entry['id']}{ext}").is_file()), video_dir / f"{entry['id']}.webm")
             _listed(root, path, template, split, videos, missing)
-    return DatasetListing("ssv2", root, classes, videos, missing, hflip_changes_label=True)
+    return DatasetListing("ssv2", root, classes, videos, missing, hflip_changes_label=True,
+                          time_reversal_changes_label=True)
 
 
 # --- plain folders and file lists ----------------------------------------------------------------

@@ -232,7 +232,7 @@ def make_ssv2(root: Path, prefixed: bool = False) -> Path:
 def test_ssv2_templates_without_brackets_are_the_classes(tmp_path, prefixed):
     listing = read_layout("ssv2", make_ssv2(tmp_path, prefixed))
     assert listing.classes == list(SSV2_LABELS)
-    assert listing.hflip_changes_label is True
+    assert listing.hflip_changes_label is True and listing.time_reversal_changes_label is True
     by_id = {v.path.stem: v for v in listing.videos}
     assert by_id["2"].class_name == "Putting number of something onto something" and by_id["2"].path.suffix == ".mp4"
     assert by_id["10"].official_split == "test" and by_id["10"].class_name == "Pulling something from right to left"

@@ -359,3 +359,19 @@ def test_load_manifest_errors_name_the_file_and_key(sharded, tmp_path):
     with pytest.raises(ManifestError, match=r"'splits\.test\.shards\[0\]\.samples' must be int"):
         load_manifest(tmp_path)
     assert load_manifest(out).num_classes == 3
+
+
+# --- label-changing augmentations ----------------------------------------------------------------
+
+def test_ssv2_default_flags_mark_flip_and_time_reversal_as_label_changing(tmp_path):
+    from tests.test_layouts import make_ssv2
+    root = make_ssv2(tmp_path / "ssv2")
+    out = tmp_path / "shards" / "ssv2"
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "make_shards.py"), "--layout", "ssv2",
+                             "--root", str(root), "--out", str(out), "--short-side", "32", "--workers", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    manifest = load_manifest(out)
+    assert manifest.hflip_changes_label is True  # "left to right" <-> "right to left"
+    assert manifest.time_reversal_changes_label is True  # played backwards, the same pair swaps
+    assert sum(info.samples for info in manifest.splits.values()) == 3

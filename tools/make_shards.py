@@ -343,7 +343,7 @@ def _write_shard_named(task: ShardTask) -> tuple[str, dict]:
 
 def build_manifest(listing: DatasetListing, tasks: list[ShardTask], sidecars: dict[str, dict],
                    skipped: list[SkippedSource], args: argparse.Namespace, settings: ShardSettings,
-                   hflip_changes_label: bool) -> Manifest:
+                   hflip_changes_label: bool, time_reversal_changes_label: bool) -> Manifest:
     splits = {}
     for split in SPLITS:
         per_class = [0] * len(listing.classes)
@@ -362,7 +362,7 @@ def build_manifest(listing: DatasetListing, tasks: list[ShardTask], sidecars: di
         SkippedSource(item["source"], item["reason"]) for task in tasks for item in sidecars[task.name]["skipped"]]
     return Manifest(
         dataset=settings.dataset, layout=listing.layout, source_root=str(listing.root), classes=listing.classes,
-        hflip_changes_label=hflip_changes_label, time_reversal_changes_label=args.time_reversal_changes_label,
+        hflip_changes_label=hflip_changes_label, time_reversal_changes_label=time_reversal_changes_label,
         splits=splits,
         encode=EncodeInfo(codec=settings.codec, container=settings.container, short_side=settings.short_side,
                           fps=float(settings.fps), gop=settings.gop),
@@ -394,7 +394,9 @@ def make_shards(args: argparse.Namespace) -> Manifest:
     elapsed = time.perf_counter() - started
 
     hflip = listing.hflip_changes_label if args.hflip_changes_label is None else args.hflip_changes_label
-    manifest = build_manifest(listing, tasks, sidecars, skipped, args, settings, hflip)
+    reversal = (listing.time_reversal_changes_label if args.time_reversal_changes_label is None
+                else args.time_reversal_changes_label)
+    manifest = build_manifest(listing, tasks, sidecars, skipped, args, settings, hflip, reversal)
     write_manifest(manifest, out_dir)
     encoded = sum(len(task.samples) for task in pending)
     print(f"done in {elapsed:.1f} s: {encoded} videos processed ({encoded / max(elapsed, 1e-9):.1f} videos/s, "
@@ -438,8 +440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="parallel processes (one shard per task)")
     parser.add_argument("--hflip-changes-label", action=argparse.BooleanOptionalAction, default=None,
                         help="record that a horizontal flip changes the class (default: True for ssv2, else False)")
-    parser.add_argument("--time-reversal-changes-label", action=argparse.BooleanOptionalAction, default=False,
-                        help="record that playing a clip backwards changes the class")
+    parser.add_argument("--time-reversal-changes-label", action=argparse.BooleanOptionalAction, default=None,
+                        help="record that playing a clip backwards changes the class "
+                             "(default: True for ssv2, else False)")
     args = parser.parse_args(argv)
     for flag in ("label_fraction", "val_fraction"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
