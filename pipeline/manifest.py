@@ -67,6 +67,7 @@ class Manifest:
     label_fraction: float
     val_fraction: float
     skipped: list[SkippedSource] = field(default_factory=list)
+    video_dirs: dict[str, str] = field(default_factory=dict)  # official split -> folder its videos came from
     format_version: int = FORMAT_VERSION
     shard_dir: Path | None = field(default=None, compare=False)  # where it was loaded from
 
@@ -165,6 +166,9 @@ def manifest_from_dict(data: Any, where: Path) -> Manifest:
     skipped = [SkippedSource(_get(item, "source", str, where, f"skipped[{i}]."),
                              _get(item, "reason", str, where, f"skipped[{i}]."))
                for i, item in enumerate(_get(data, "skipped", list, where))]
+    video_dirs = _check(data.get("video_dirs", {}), dict, where, "video_dirs")  # absent in older manifests
+    for split, folder in video_dirs.items():
+        _check(folder, str, where, f"video_dirs.{split}")
     return Manifest(
         dataset=_get(data, "dataset", str, where),
         layout=_get(data, "layout", str, where),
@@ -178,6 +182,7 @@ def manifest_from_dict(data: Any, where: Path) -> Manifest:
         label_fraction=float(_get(data, "label_fraction", (int, float), where)),
         val_fraction=float(_get(data, "val_fraction", (int, float), where)),
         skipped=skipped,
+        video_dirs=video_dirs,
         format_version=version,
         shard_dir=where.parent)
 

@@ -37,9 +37,11 @@ def crlf(lines: list[str], final_newline: bool = True) -> bytes:
 UCF_CLASSES = ["ApplyEyeMakeup", "Hammering", "HammerThrow", "HandstandPushups"]
 
 
-def make_ucf101(root: Path, groups: int = 3, clips: int = 2, missing: tuple[str, ...] = ()) -> Path:
+def make_ucf101(root: Path, groups: int = 3, clips: int = 2, missing: tuple[str, ...] = (),
+                video_subdir: str = "UCF-101") -> Path:
     """UCF-101 + ucfTrainTestlist (CRLF, 1-based, testlists unlabelled without a final newline);
-    group g01 is test in split 1, g02 in split 2. Paths in `missing` are listed but not written."""
+    group g01 is test in split 1, g02 in split 2. Paths in `missing` are listed but not written.
+    Videos go to `<root>/<video_subdir>/<Class>/`."""
     lists = root / "ucfTrainTestlist"
     put(lists / "classInd.txt", crlf([f"{i} {name}" for i, name in enumerate(UCF_CLASSES, 1)]))
     for split_id in (1, 2):
@@ -50,7 +52,7 @@ def make_ucf101(root: Path, groups: int = 3, clips: int = 2, missing: tuple[str,
                 for c in range(1, clips + 1):
                     rel = f"{name}/v_{file_class}_g{g:02d}_c{c:02d}.avi"
                     if rel not in missing:
-                        put(root / "UCF-101" / rel, tiny_video())
+                        put(root / video_subdir / rel, tiny_video())
                     (test.append(rel) if g == split_id else train.append(f"{rel} {index}"))
         put(lists / f"trainlist{split_id:02d}.txt", crlf(train))
         put(lists / f"testlist{split_id:02d}.txt", crlf(test, final_newline=False))
@@ -108,9 +110,10 @@ HMDB_CLIPS = {  # odd characters of real HMDB names: ( ) ! & ; @ [ ] # +
 }
 
 
-def make_hmdb51(root: Path, videos_subdir: bool = True) -> Path:
-    """Tags per class: clip 0 -> train (1), clip 1 -> test (2), clip 2 -> unused (0); CRLF + trailing blanks."""
-    video_dir = root / "videos" if videos_subdir else root
+def make_hmdb51(root: Path, video_subdir: str = "videos") -> Path:
+    """Tags per class: clip 0 -> train (1), clip 1 -> test (2), clip 2 -> unused (0); CRLF + trailing blanks.
+    Videos go to `<root>/<video_subdir>/<class>/` ('' = the root itself)."""
+    video_dir = root / video_subdir
     for class_name, clips in HMDB_CLIPS.items():
         for clip in clips:
             put(video_dir / class_name / clip, tiny_video())
@@ -119,9 +122,9 @@ def make_hmdb51(root: Path, videos_subdir: bool = True) -> Path:
     return root
 
 
-@pytest.mark.parametrize("videos_subdir", [True, False])
-def test_hmdb51_tags_classes_and_odd_names(tmp_path, videos_subdir):
-    listing = read_layout("hmdb51", make_hmdb51(tmp_path, videos_subdir))
+@pytest.mark.parametrize("video_subdir", ["videos", ""])
+def test_hmdb51_tags_classes_and_odd_names(tmp_path, video_subdir):
+    listing = read_layout("hmdb51", make_hmdb51(tmp_path, video_subdir))
     assert listing.classes == ["cartwheel", "kick_ball", "shoot_ball"]  # '_' inside class names kept
     assert not listing.missing
     by_name = {v.path.name: v for v in listing.videos}
@@ -156,18 +159,21 @@ abseiling,-wwwwwwwwww,2,12,validate
 """
 
 
-def make_kinetics(root: Path, flat_val: bool = True, val_name: str = "validate.csv") -> Path:
-    """train/ in label folders (mmaction2 '_' names), val/ flat (CVDF); one train row not downloaded."""
+def make_kinetics(root: Path, flat_val: bool = True, val_name: str = "validate.csv",
+                  train_dir: str = "train", val_dir: str = "val") -> Path:
+    """train/ in label folders (mmaction2 '_' names), val/ flat (CVDF); one train row not downloaded.
+    `train_dir`/`val_dir` name the folders below the root ('' = the root itself)."""
     put(root / "annotations" / "train.csv", KINETICS_TRAIN_CSV)
     put(root / "annotations" / val_name, KINETICS_VAL_CSV)
-    put(root / "train" / "air_drumming" / "--nQbRBEz2s_000104_000114.mp4", tiny_video("h264"))
-    put(root / "train" / "massaging_person's_head" / "-aB3_xY9zQw_000005_000015.mp4", tiny_video("h264"))
-    put(root / "train" / "shooting_goal_(soccer)" / "abcdefghijk_000000_000010.mp4", tiny_video("h264"))
-    put(root / "train" / "abseiling" / "Q_-12345678_000007_000017.mp4", tiny_video("h264"))
-    put(root / "train" / "abseiling" / "._Q_-12345678_000007_000017.mp4", b"AppleDouble junk")
-    val_dir = root / "val" if flat_val else root / "val" / "abseiling"
-    put(val_dir / "-wwwwwwwwww_000002_000012.mp4", tiny_video("h264"))
-    put(root / "val" / "vvvvvvvvvvv.mp4", tiny_video("h264"))  # MIM copies drop the times
+    train = root / train_dir
+    put(train / "air_drumming" / "--nQbRBEz2s_000104_000114.mp4", tiny_video("h264"))
+    put(train / "massaging_person's_head" / "-aB3_xY9zQw_000005_000015.mp4", tiny_video("h264"))
+    put(train / "shooting_goal_(soccer)" / "abcdefghijk_000000_000010.mp4", tiny_video("h264"))
+    put(train / "abseiling" / "Q_-12345678_000007_000017.mp4", tiny_video("h264"))
+    put(train / "abseiling" / "._Q_-12345678_000007_000017.mp4", b"AppleDouble junk")
+    val = root / val_dir
+    put((val if flat_val else val / "abseiling") / "-wwwwwwwwww_000002_000012.mp4", tiny_video("h264"))
+    put(val / "vvvvvvvvvvv.mp4", tiny_video("h264"))  # MIM copies drop the times
     return root
 
 
@@ -206,7 +212,9 @@ SSV2_LABELS = {"Pulling something from left to right": "0", "Pulling something f
                "Putting number of something onto something": "2"}
 
 
-def make_ssv2(root: Path, prefixed: bool = False) -> Path:
+def make_ssv2(root: Path, prefixed: bool = False, video_subdir: str | None = None) -> Path:
+    """Label files in labels/ (Qualcomm names) or the root (20BN `something-something-v2-*` names); videos in
+    `video_subdir` (default: the root when prefixed, else 20bn-something-something-v2/)."""
     def name(kind: str) -> Path:
         return root / f"something-something-v2-{kind}.json" if prefixed else root / "labels" / f"{kind}.json"
     put(name("labels"), json.dumps(SSV2_LABELS))
@@ -221,7 +229,9 @@ def make_ssv2(root: Path, prefixed: bool = False) -> Path:
         {"id": "10", "label": "pulling pen right to left", "template": "Pulling [something] from right to left",
          "placeholders": ["pen"]}]))
     put(name("test"), json.dumps([{"id": "20"}]))
-    video_dir = root if prefixed else root / "20bn-something-something-v2"
+    if video_subdir is None:
+        video_subdir = "" if prefixed else "20bn-something-something-v2"
+    video_dir = root / video_subdir
     put(video_dir / "1.webm", tiny_video("vp9"))
     put(video_dir / "2.mp4", tiny_video("h264"))
     put(video_dir / "10.webm", tiny_video("vp9"))
@@ -232,12 +242,72 @@ def make_ssv2(root: Path, prefixed: bool = False) -> Path:
 def test_ssv2_templates_without_brackets_are_the_classes(tmp_path, prefixed):
     listing = read_layout("ssv2", make_ssv2(tmp_path, prefixed))
     assert listing.classes == list(SSV2_LABELS)
-    assert listing.hflip_changes_label is True
+    assert listing.hflip_changes_label is True and listing.time_reversal_changes_label is True
     by_id = {v.path.stem: v for v in listing.videos}
     assert by_id["2"].class_name == "Putting number of something onto something" and by_id["2"].path.suffix == ".mp4"
     assert by_id["10"].official_split == "test" and by_id["10"].class_name == "Pulling something from right to left"
     assert "20" not in by_id  # test.json has no labels
     assert [m.reason for m in listing.missing] == [LISTED_BUT_MISSING] and "3.webm" in listing.missing[0].rel_path
+
+
+# --- where the videos are ------------------------------------------------------------------------
+
+def found(listing) -> set[tuple[str, str, str]]:
+    """(path below its video folder, class, official split) of every video found."""
+    dirs = listing.video_dirs
+    return {(v.path.relative_to(dirs[v.official_split]).as_posix(), v.class_name, v.official_split)
+            for v in listing.videos}
+
+
+VARIANTS = {  # layout -> (tree builder, [(variant, folder the videos must be found in)])
+    "ucf101": (lambda root, sub: make_ucf101(root, groups=2, clips=1, video_subdir=sub),
+               [("UCF-101", "UCF-101"), ("UCF101", "UCF101"), ("videos", "videos"), ("ucf_videos", "ucf_videos")]),
+    "hmdb51": (make_hmdb51, [("videos", "videos"), ("hmdb51_org", "hmdb51_org"), ("", ""),
+                             ("extracted", "extracted")]),
+    "ssv2": (lambda root, sub: make_ssv2(root, video_subdir=sub),
+             [("20bn-something-something-v2", "20bn-something-something-v2"), ("", ""), ("videos", "videos")]),
+}
+
+
+@pytest.mark.parametrize("layout", list(VARIANTS))
+def test_the_same_videos_are_found_in_every_on_disk_variant(tmp_path, layout):
+    build, variants = VARIANTS[layout]
+    seen = {}
+    for variant, expected_dir in variants:
+        root = build(tmp_path / (variant or "root"), variant)
+        listing = read_layout(layout, root)
+        assert set(listing.video_dirs.values()) == {root.resolve() / expected_dir}, variant
+        assert not listing.missing or layout == "ssv2", variant  # the ssv2 tree lists one id it lacks
+        seen[variant] = found(listing)
+    first = next(iter(seen.values()))
+    assert first and all(videos == first for videos in seen.values())
+
+
+@pytest.mark.parametrize("train_dir, val_dir", [("train", "val"), ("videos_train", "videos_val"),
+                                                ("videos/train", "videos/val"), ("all_clips", "all_clips"), ("", "")])
+def test_kinetics_videos_found_in_split_folders_or_one_flat_folder(tmp_path, train_dir, val_dir):
+    root = make_kinetics(tmp_path / "k", train_dir=train_dir, val_dir=val_dir)
+    listing = read_layout("kinetics", root)
+    reference = read_layout("kinetics", make_kinetics(tmp_path / "ref"))
+    named = {"train": root / train_dir, "test": root / val_dir}
+    expected = {split: path if path.name in ("train", "val", "videos_train", "videos_val") else root
+                for split, path in named.items()}  # a folder of another name is found as "below the root"
+    assert listing.video_dirs == expected
+    assert {(v.path.name, v.class_name, v.official_split) for v in listing.videos} == \
+           {(v.path.name, v.class_name, v.official_split) for v in reference.videos}
+    assert [m.path.name for m in listing.missing] == ["zzzzzzzzzzz_000030_000040.mp4"]
+
+
+def test_videos_dir_overrides_the_search_and_may_lie_outside_the_root(tmp_path):
+    root = make_hmdb51(tmp_path / "hmdb", "videos")
+    elsewhere = tmp_path / "disk2" / "hmdb_clips"
+    (root / "videos").rename(elsewhere.parent.mkdir(parents=True) or elsewhere)
+    listing = read_layout("hmdb51", root, videos_dir=elsewhere)
+    assert listing.video_dirs == {"train": elsewhere, "test": elsewhere} and not listing.missing
+    assert found(listing) == found(read_layout("hmdb51", make_hmdb51(tmp_path / "ref")))
+    assert all(not v.rel_path.startswith("/") for v in listing.videos)  # relative to the videos folder
+    with pytest.raises(LayoutError, match="--videos-dir .*nowhere is not a folder"):
+        read_layout("hmdb51", root, videos_dir=tmp_path / "nowhere")
 
 
 # --- folder and filelist -------------------------------------------------------------------------
@@ -285,11 +355,14 @@ def test_unknown_layout_lists_allowed_values(tmp_path):
 
 
 def test_detect_layout(tmp_path):
-    assert detect_layout(make_ucf101(tmp_path / "u", groups=1, clips=1)) == "ucf101"
-    assert detect_layout(make_hmdb51(tmp_path / "h")) == "hmdb51"
-    assert detect_layout(make_kinetics(tmp_path / "k")) == "kinetics"
-    assert detect_layout(make_ssv2(tmp_path / "s")) == "ssv2"
-    assert detect_layout(make_ssv2(tmp_path / "s2", prefixed=True)) == "ssv2"
+    assert detect_layout(make_ucf101(tmp_path / "u", groups=1, clips=1)) == (
+        "ucf101", f"found {tmp_path / 'u' / 'ucfTrainTestlist'}")
+    assert detect_layout(make_hmdb51(tmp_path / "h"))[0] == "hmdb51"
+    assert detect_layout(make_kinetics(tmp_path / "k"))[0] == "kinetics"
+    assert detect_layout(make_ssv2(tmp_path / "s"))[0] == "ssv2"
+    assert detect_layout(make_ssv2(tmp_path / "s2", prefixed=True)) == (
+        "ssv2", f"found {tmp_path / 's2' / 'something-something-v2-labels.json'}")
     put(tmp_path / "f" / "walk" / "a.mp4", tiny_video("h264"))
-    assert detect_layout(tmp_path / "f") == "folder"
+    layout, why = detect_layout(tmp_path / "f")
+    assert layout == "folder" and "1 folders" in why and "walk/" in why
     assert read_layout("auto", tmp_path / "h").layout == "hmdb51"

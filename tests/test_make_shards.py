@@ -359,3 +359,129 @@ def test_load_manifest_errors_name_the_file_and_key(sharded, tmp_path):
     with pytest.raises(ManifestError, match=r"'splits\.test\.shards\[0\]\.samples' must be int"):
         load_manifest(tmp_path)
     assert load_manifest(out).num_classes == 3
+
+
+# --- label-changing augmentations ----------------------------------------------------------------
+
+def test_ssv2_default_flags_mark_flip_and_time_reversal_as_label_changing(tmp_path):
+    from tests.test_layouts import make_ssv2
+    root = make_ssv2(tmp_path / "ssv2")
+    out = tmp_path / "shards" / "ssv2"
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "make_shards.py"), "--layout", "ssv2",
+                             "--root", str(root), "--out", str(out), "--short-side", "32", "--workers", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    manifest = load_manifest(out)
+    assert manifest.hflip_changes_label is True  # "left to right" <-> "right to left"
+    assert manifest.time_reversal_changes_label is True  # played backwards, the same pair swaps
+    assert sum(info.samples for info in manifest.splits.values()) == 3
+
+
+# --- never succeed with nothing ------------------------------------------------------------------
+
+def test_all_missing_exits_non_zero_naming_the_folder_the_missing_and_where_videos_are(tmp_path, capsys):
+    from tests.test_layouts import make_hmdb51
+    root = make_hmdb51(tmp_path / "hmdb", "data/hmdb51_org")  # two levels down: not where archives unpack
+    out = tmp_path / "out"
+    assert main(["--layout", "hmdb51", "--root", str(root), "--out", str(out), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "official train: 3 of 3 missing (100%)" in err and "official test: 3 of 3 missing (100%)" in err
+    assert f"searched: {root}\n" in err
+    missing_line = next(line for line in err.splitlines() if "missing, e.g.:" in line)
+    assert missing_line.count(f"{root}/") == 3 and "cartwheel/(Rad)Schlag_die_Bank!" in missing_line
+    assert f"folders that hold videos: {root / 'data' / 'hmdb51_org'} (9 videos in 3 subfolders)" in err
+    assert "--videos-dir" in err
+    assert not out.exists()  # nothing written
+    assert main(["--layout", "hmdb51", "--root", str(root), "--out", str(out), "--workers", "1", "--short-side", "32",
+                 "--videos-dir", str(root / "data" / "hmdb51_org")]) == 0
+    assert load_manifest(out).video_dirs == {"train": str(root / "data" / "hmdb51_org"),
+                                             "test": str(root / "data" / "hmdb51_org")}
+
+
+def test_missing_fraction_threshold_and_a_few_missing_are_skipped_and_recorded(tmp_path, capsys):
+    root = tmp_path / "ucf"
+    make_ucf(root, groups=2, clips=1, listed_missing=tuple(f"Walk/gone_{i}.avi" for i in range(4)))  # 4 of 7 train
+    out = tmp_path / "out"
+    assert main(shard_args(root, out, "--workers", "1")) == 1
+    err = capsys.readouterr().err
+    assert "official train: 4 of 7 missing (57%)" in err and "official test" not in err and not out.exists()
+    assert main(shard_args(root, out, "--workers", "1", "--max-missing-fraction", "0.6")) == 0
+    manifest = load_manifest(out)
+    assert sorted(item.source for item in manifest.skipped) == [f"UCF-101/Walk/gone_{i}.avi" for i in range(4)]
+    assert sum(info.samples for info in manifest.splits.values()) == 6
+    assert manifest.video_dirs == {"train": str(root / "UCF-101"), "test": str(root / "UCF-101")}
+
+
+def test_a_split_that_no_video_survives_encoding_stops_without_a_manifest(tmp_path, capsys):
+    root = tmp_path / "ucf"
+    make_ucf(root, groups=2, clips=1)
+    for path in (root / "UCF-101").rglob("*_g01_*.avi"):  # every official test video is garbage
+        path.write_bytes(b"not a video\n" * 50)
+    out = tmp_path / "out"
+    assert main(shard_args(root, out, "--workers", "1")) == 1
+    err = capsys.readouterr().err
+    assert "split 'test': none of its 3 videos could be encoded (3 cannot decode)" in err
+    assert not (out / "manifest.json").exists()
+
+
+def test_layout_auto_says_what_it_found_or_which_markers_it_looked_for(tmp_path, capsys):
+    root = tmp_path / "ucf"
+    make_ucf(root, groups=2, clips=1)
+    assert main(["--layout", "auto", "--root", str(root), "--out", str(tmp_path / "out"), "--dry-run",
+                 "--workers", "1"]) == 0
+    assert f"layout: ucf101 (found {root / 'ucfTrainTestlist'})" in capsys.readouterr().out
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    assert main(["--layout", "auto", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot detect the layout" in err
+    for marker in ("ucfTrainTestlist", "testTrainMulti_7030_splits", "annotations/train.csv", "labels/labels.json",
+                   "something-something-v2-labels.json", "class folders"):
+        assert marker in err
+
+
+# --- dry run -------------------------------------------------------------------------------------
+
+def dry_run_counts(stdout: str) -> dict[str, dict[str, int]]:
+    """{class: {split: samples}} from the dry run's table (class names may hold spaces: they come last)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == [*SPLITS, "class"]) + 1
+    counts = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        *numbers, name = line.split(maxsplit=len(SPLITS))
+        counts[name] = dict(zip(SPLITS, map(int, numbers)))
+    return counts
+
+
+def test_dry_run_prints_the_counts_the_real_run_records_and_writes_nothing(tiny_raw, tiny_shards, tmp_path):
+    from conftest import DATASETS
+    for name, (layout, flags) in DATASETS.items():
+        out = tmp_path / name
+        result = subprocess.run([sys.executable, "tools/make_shards.py", "--layout", layout, "--root",
+                                 str(tiny_raw / name), "--out", str(out), "--val-fraction", "0.25", "--workers", "2",
+                                 "--samples-per-shard", "8", "--dry-run", *flags],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert not out.exists()
+        manifest = load_manifest(tiny_shards[name])
+        counts = dry_run_counts(result.stdout)
+        assert counts.pop("(all classes)") == {split: manifest.splits[split].samples for split in SPLITS}, name
+        assert list(counts) == manifest.classes
+        for split in SPLITS:
+            assert [counts[c][split] for c in manifest.classes] == manifest.splits[split].per_class, (name, split)
+        missing = [item for item in manifest.skipped if item.reason == "listed but missing"]
+        assert f"missing      {len(missing):>7}" in result.stdout
+        assert f"would write: labelled {len(manifest.splits['labelled'].shards)} shards" in result.stdout
+
+
+def test_dry_run_names_unreadable_sources(tmp_path):
+    root = tmp_path / "ucf"
+    make_ucf(root, groups=2, clips=2, extra_train={"Walk/zero_bytes.avi": b"", "Walk/text.avi": b"hello\n" * 100})
+    result = subprocess.run([sys.executable, "tools/make_shards.py", *shard_args(root, tmp_path / "out"), "--dry-run"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "unreadable         2" in result.stdout
+    assert "UCF-101/Walk/zero_bytes.avi: empty file (0 bytes)" in result.stdout
+    assert "UCF-101/Walk/text.avi: cannot decode" in result.stdout
+    assert not (tmp_path / "out").exists()

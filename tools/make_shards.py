@@ -7,9 +7,17 @@ per class), `val` (--val-fraction of the labelled part) and `unlabelled` (the re
 official test split (the official val split for Kinetics and SSv2). Each sample is `<key>.mp4`
 (or `.webm` with --codec vp9) + `<key>.json` (docs/architecture.md section 2).
 
+Videos are looked for where the layout's archives unpack (e.g. HMDB-51 in `videos/`, `hmdb51_org/`,
+the root or another folder below it; see pipeline/video_dirs.py); --videos-dir names the folder.
+A few missing or undecodable videos are skipped and recorded in the manifest; an official split with
+none of its videos, or with more than --max-missing-fraction missing, stops the job before it writes.
+--dry-run prints what would be sharded (per split and class) and writes nothing.
+
 Restartable: the sample -> shard plan is deterministic, every shard is written to `.tmp` and renamed,
 and a sidecar `<shard>.json` (checksum, members, skipped sources) is written last. A rerun keeps the
 shards whose sidecar and checksum match the plan and writes only the missing ones.
+
+Exit status: 0 done; 1 too few videos found or encoded (no manifest written); 2 bad arguments or layout.
 """
 from __future__ import annotations
 
@@ -37,9 +45,11 @@ from av.video.reformatter import VideoReformatter
 from tqdm import tqdm
 
 from pipeline.dali_index import write_index
-from pipeline.layouts import LAYOUTS, DatasetListing, LayoutError, SourceVideo, read_layout
+from pipeline.layouts import (LAYOUTS, LISTED_BUT_MISSING, DatasetListing, LayoutError, SourceVideo,
+                              detect_layout, read_layout)
 from pipeline.manifest import (SPLITS, EncodeInfo, Manifest, ShardInfo, SkippedSource, SplitInfo,
                                write_json_atomic, write_manifest)
+from pipeline.video_dirs import MissingVideosError, check_found
 from pipeline.video_encode import CODECS, EncodeSettings, encode_video_bytes, even_size
 
 SHARD_FILE = re.compile(r"^(labelled|unlabelled|val|test)-\d{6}\.(tar|idx|json)(\.tmp)?$")
@@ -80,6 +90,10 @@ class ShardTask:
 
 class BadVideo(Exception):
     """A source that cannot become a sample; the message is the reason recorded in the manifest."""
+
+
+class NothingEncoded(Exception):
+    """A split was planned with videos but none of them could be encoded."""
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -205,6 +219,41 @@ def transcode(path: Path, settings: ShardSettings) -> tuple[bytes, int, int, int
     encoded = encode_video_bytes(np.stack(frames), EncodeSettings(codec=settings.codec, fps=settings.fps,
                                                                    gop=settings.gop, bframes=0))
     return encoded, len(frames), size[0], size[1]
+
+
+def probe(path: Path) -> str | None:
+    """Why `path` cannot become a sample, judged from its header and first frame (the dry run's check,
+    far cheaper than `transcode`); None if it opens. Too-short videos show up only in the real run."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.video:
+                return "no video stream"
+            if next(container.decode(container.streams.video[0]), None) is None:
+                return "cannot decode (no frames)"
+    except FileNotFoundError:
+        return LISTED_BUT_MISSING
+    except (av.FFmpegError, UnicodeDecodeError, EOFError, OSError) as error:
+        return f"cannot decode ({type(error).__name__}: {error})"
+    return None
+
+
+def probe_all(paths: list[Path], workers: int) -> list[str | None]:
+    """`probe` of every path, in order, with a progress bar."""
+    with tqdm(total=len(paths), unit="video", desc="probing", dynamic_ncols=True) as bar:
+        if workers <= 1:
+            reasons = []
+            for path in paths:
+                reasons.append(probe(path))
+                bar.update(1)
+            return reasons
+        with multiprocessing.Pool(workers) as pool:
+            reasons = []
+            for reason in pool.imap(probe, paths, chunksize=16):
+                reasons.append(reason)
+                bar.update(1)
+            return reasons
 
 
 # --- one shard -----------------------------------------------------------------------------------
@@ -343,7 +392,7 @@ def _write_shard_named(task: ShardTask) -> tuple[str, dict]:
 
 def build_manifest(listing: DatasetListing, tasks: list[ShardTask], sidecars: dict[str, dict],
                    skipped: list[SkippedSource], args: argparse.Namespace, settings: ShardSettings,
-                   hflip_changes_label: bool) -> Manifest:
+                   hflip_changes_label: bool, time_reversal_changes_label: bool) -> Manifest:
     splits = {}
     for split in SPLITS:
         per_class = [0] * len(listing.classes)
@@ -362,22 +411,90 @@ def build_manifest(listing: DatasetListing, tasks: list[ShardTask], sidecars: di
         SkippedSource(item["source"], item["reason"]) for task in tasks for item in sidecars[task.name]["skipped"]]
     return Manifest(
         dataset=settings.dataset, layout=listing.layout, source_root=str(listing.root), classes=listing.classes,
-        hflip_changes_label=hflip_changes_label, time_reversal_changes_label=args.time_reversal_changes_label,
+        hflip_changes_label=hflip_changes_label, time_reversal_changes_label=time_reversal_changes_label,
         splits=splits,
         encode=EncodeInfo(codec=settings.codec, container=settings.container, short_side=settings.short_side,
                           fps=float(settings.fps), gop=settings.gop),
-        seed=args.seed, label_fraction=args.label_fraction, val_fraction=args.val_fraction, skipped=skipped)
+        seed=args.seed, label_fraction=args.label_fraction, val_fraction=args.val_fraction, skipped=skipped,
+        video_dirs={split: str(path) for split, path in listing.video_dirs.items()})
 
 
-def make_shards(args: argparse.Namespace) -> Manifest:
-    listing = read_layout(args.layout, args.root, split_id=args.split_id, train_list=args.train_list,
-                          test_list=args.test_list, classes_file=args.classes)
+def check_encoded(tasks: list[ShardTask], sidecars: dict[str, dict]) -> None:
+    """Raise NothingEncoded when a split planned with videos came out of the encoder empty."""
+    for split in SPLITS:
+        split_tasks = [task for task in tasks if task.name.startswith(split + "-")]
+        planned = sum(len(task.samples) for task in split_tasks)
+        if planned and not any(sidecars[task.name]["samples"] for task in split_tasks):
+            reasons = Counter(item["reason"].split(" (")[0] for task in split_tasks
+                              for item in sidecars[task.name]["skipped"])
+            raise NothingEncoded(f"split {split!r}: none of its {planned} videos could be encoded ("
+                                 + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+                                 + "); no manifest written. Each video's reason is in the log above.")
+
+
+# --- dry run -------------------------------------------------------------------------------------
+
+def dry_run(listing: DatasetListing, splits: dict[str, list[SourceVideo]], skipped: list[SkippedSource],
+            args: argparse.Namespace) -> None:
+    """Print what `make_shards` would write: samples per split and class, missing and unreadable sources."""
+    print("dry run: nothing is written or encoded")
+    planned = [video for split in SPLITS for video in splits[split]]
+    reasons = dict(zip((video.rel_path for video in planned),
+                       probe_all([video.path for video in planned], args.workers)))
+    unreadable = {rel: reason for rel, reason in reasons.items() if reason is not None}
+    rows = {name: dict.fromkeys(SPLITS, 0) for name in [*listing.classes, None]}
+    for split in SPLITS:
+        for video in splits[split]:
+            if video.rel_path not in unreadable:
+                rows[video.class_name][split] += 1
+    if not any(rows[None].values()):
+        del rows[None]
+    print(f"samples per split and class (--label-fraction {args.label_fraction:g}, --val-fraction "
+          f"{args.val_fraction:g}, --seed {args.seed}; unreadable sources left out):")
+    print("  " + " ".join(f"{split:>10}" for split in SPLITS) + "  class")
+    for name, counts in rows.items():
+        print("  " + " ".join(f"{counts[split]:>10}" for split in SPLITS) + f"  {name or '(no label)'}")
+    totals = {split: sum(counts[split] for counts in rows.values()) for split in SPLITS}
+    print("  " + " ".join(f"{totals[split]:>10}" for split in SPLITS) + "  (all classes)")
+    print()
+    shards = {split: -(-len(splits[split]) // args.samples_per_shard) for split in SPLITS}
+    print("would write: " + ", ".join(f"{split} {shards[split]} shards" for split in SPLITS)
+          + f" to {args.out} ({args.codec}, short side {args.short_side}, {args.fps:g} fps)")
+    print(f"missing      {len(listing.missing):>7}")
+    for item in listing.missing[:20]:
+        print(f"  {item.path}")
+    if len(listing.missing) > 20:
+        print(f"  ... {len(listing.missing) - 20} more")
+    print(f"unreadable   {len(unreadable):>7}")
+    for rel, reason in unreadable.items():
+        print(f"  {rel}: {reason}")
+    if skipped:
+        print(f"listed twice {len(skipped):>7}")
+
+
+def make_shards(args: argparse.Namespace) -> Manifest | None:
+    """Shard the dataset (or with --dry-run only report the plan, returning None)."""
+    layout = args.layout
+    if layout == "auto":
+        layout, why = detect_layout(args.root.resolve())
+        print(f"layout: {layout} ({why})")
+    listing = read_layout(layout, args.root, split_id=args.split_id, train_list=args.train_list,
+                          test_list=args.test_list, classes_file=args.classes, videos_dir=args.videos_dir)
+    for folder in dict.fromkeys(listing.video_dirs.values()):
+        official = [split for split, path in listing.video_dirs.items() if path == folder]
+        found = sum(video.official_split in official for video in listing.videos)
+        print(f"videos of official {' and '.join(official)}: {folder} ({found} found)")
     out_dir = Path(args.out)
     settings = ShardSettings(dataset=args.name or out_dir.name, codec=args.codec, short_side=args.short_side,
                              fps=args.fps, gop=args.gop, max_frames=args.max_frames, min_frames=args.min_frames)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", settings.dataset):
         raise SystemExit(f"--name {settings.dataset!r}: use letters, digits, '_' and '-' only (keys hold no dots)")
     splits, skipped = assign_splits(listing, args.label_fraction, args.val_fraction, args.seed)
+    if args.dry_run:
+        dry_run(listing, splits, skipped, args)
+        check_found(listing, args.max_missing_fraction)
+        return None
+    check_found(listing, args.max_missing_fraction)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_shards(listing, splits, settings, out_dir, args.samples_per_shard, args.seed)
     for name in remove_stale_files(out_dir, tasks):
@@ -392,9 +509,12 @@ def make_shards(args: argparse.Namespace) -> Manifest:
           f"({len(sidecars)} already complete, {len(pending)} to write) -> {out_dir}")
     sidecars.update(run_tasks(pending, args.workers))
     elapsed = time.perf_counter() - started
+    check_encoded(tasks, sidecars)
 
     hflip = listing.hflip_changes_label if args.hflip_changes_label is None else args.hflip_changes_label
-    manifest = build_manifest(listing, tasks, sidecars, skipped, args, settings, hflip)
+    reversal = (listing.time_reversal_changes_label if args.time_reversal_changes_label is None
+                else args.time_reversal_changes_label)
+    manifest = build_manifest(listing, tasks, sidecars, skipped, args, settings, hflip, reversal)
     write_manifest(manifest, out_dir)
     encoded = sum(len(task.samples) for task in pending)
     print(f"done in {elapsed:.1f} s: {encoded} videos processed ({encoded / max(elapsed, 1e-9):.1f} videos/s, "
@@ -411,7 +531,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layout", required=True, choices=LAYOUTS + ("auto",),
                         help="on-disk layout of --root ('auto' detects it from marker files)")
-    parser.add_argument("--root", required=True, type=Path, help="dataset root folder")
+    parser.add_argument("--root", required=True, type=Path,
+                        help="dataset root folder (holds the annotation files, e.g. ucfTrainTestlist/)")
+    parser.add_argument("--videos-dir", type=Path,
+                        help="folder that holds the videos (the class folders for ucf101, hmdb51 and folder; "
+                             "relative list paths for filelist). Default: found below --root where the "
+                             "layout's archives unpack, e.g. hmdb51: videos/, hmdb51_org/, the root, or "
+                             "another folder holding the class folders")
+    parser.add_argument("--max-missing-fraction", type=float, default=0.5,
+                        help="stop (exit 1, nothing written) when more than this fraction of an official "
+                             "split's listed videos is missing; below it, missing videos are skipped and "
+                             "recorded in the manifest")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would be sharded (samples per split and class, missing and "
+                             "unreadable sources, shard counts) and write nothing; probes each video's "
+                             "header and first frame")
     parser.add_argument("--out", required=True, type=Path, help="shard folder, e.g. shards/ucf101")
     parser.add_argument("--name",
                         help="dataset name used in sample keys and the manifest (default: --out's folder name)")
@@ -438,10 +572,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="parallel processes (one shard per task)")
     parser.add_argument("--hflip-changes-label", action=argparse.BooleanOptionalAction, default=None,
                         help="record that a horizontal flip changes the class (default: True for ssv2, else False)")
-    parser.add_argument("--time-reversal-changes-label", action=argparse.BooleanOptionalAction, default=False,
-                        help="record that playing a clip backwards changes the class")
+    parser.add_argument("--time-reversal-changes-label", action=argparse.BooleanOptionalAction, default=None,
+                        help="record that playing a clip backwards changes the class "
+                             "(default: True for ssv2, else False)")
     args = parser.parse_args(argv)
-    for flag in ("label_fraction", "val_fraction"):
+    for flag in ("label_fraction", "val_fraction", "max_missing_fraction"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             parser.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     for flag in ("short_side", "fps", "gop", "samples_per_shard", "workers"):
@@ -457,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     except LayoutError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (MissingVideosError, NothingEncoded) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
