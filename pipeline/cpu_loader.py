@@ -62,6 +62,7 @@ from pipeline.augment import eval_views, train_view
 from pipeline.clips import eval_clip_indices, train_clip_indices
 from pipeline.contract import (KEY, LABEL, SKIPPED_KEYS, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec,
                                StrongAugmentSpec)
+from pipeline.dali_index import index_mismatch
 from pipeline.shard_reader import ShardReader
 from pipeline.video_decode import CorruptVideoError, decode_frames, resolve_backend
 
@@ -128,14 +129,18 @@ def split_shards(manifest: dict, shard_dir: str | Path, split: str) -> list[Shar
 def shard_reader(shards: Iterable[ShardRef], where: str, num_workers: int) -> ShardReader:
     """The index path when every shard has its index file, else the scan; logs which (`where` says for whom)."""
     shards = list(shards)
-    missing = [Path(shard.url).name for shard in shards if shard.index is None]
+    missing = []
+    for shard in shards:
+        reason = "no index file" if shard.index is None else index_mismatch(shard.index, shard.url, shard.samples)
+        if reason is not None:
+            missing.append(f"{Path(shard.url).name}: {reason}")
     where = f"{where}, {len(shards)} shards"
     if not missing:
         log.info("%s: reading by index (each worker reads only the samples it decodes)", where)
         return ShardReader({shard.url: shard.index for shard in shards})
-    log.warning("%s: no index file for %d shard(s) (%s%s): sequential scan, each of %d worker(s) reads every "
+    log.warning("%s: no usable index for %d shard(s) (%s%s): sequential scan, each of %d worker(s) reads every "
                 "tar byte of the rank; write indexes with tools/make_shards.py", where, len(missing),
-                ", ".join(missing[:3]), "..." if len(missing) > 3 else "", max(1, num_workers))
+                "; ".join(missing[:3]), "..." if len(missing) > 3 else "", max(1, num_workers))
     return ShardReader()
 
 

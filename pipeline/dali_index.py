@@ -100,3 +100,34 @@ def read_index(idx_path: str | Path) -> list[IndexedSample]:
     if len(samples) != int(header[1]):
         raise IndexFormatError(f"{idx_path}: header says {header[1]} samples, the file lists {len(samples)}")
     return samples
+
+
+def index_mismatch(idx_path: str | Path, tar_path: str | Path, samples: int) -> str | None:
+    """Why the index does not describe the tar (None when it does), from three cheap reads: the header
+    line (sample count), the tar header before the last member listed (name and size, so any member
+    that changed size or place before it shows), and the block after it (the end of the archive)."""
+    idx_path, tar_path = Path(idx_path), Path(tar_path)
+    with idx_path.open("rb") as handle:
+        header = handle.readline().split()
+        handle.seek(max(0, idx_path.stat().st_size - 65536))
+        last_line = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1].split()
+    if len(header) != 2 or header[0] != INDEX_VERSION.encode() or header[1] != str(samples).encode():
+        return f"its first line is {b' '.join(header).decode(errors='replace')!r}, expected '{INDEX_VERSION} {samples}'"
+    if len(last_line) < 4 or len(last_line) % 4 or not (last_line[-3].isdigit() and last_line[-2].isdigit()):
+        return "its last line is not '<ext> <offset> <size> <name>' groups"
+    offset, size, name = int(last_line[-3]), int(last_line[-2]), last_line[-1]
+    end = offset + size + (-size % 512)
+    with tar_path.open("rb") as tar:
+        member_header = os.pread(tar.fileno(), 512, offset - 512) if offset >= 512 else b""
+        after = os.pread(tar.fileno(), 512, end)
+    if len(member_header) < 512 or member_header[:100].rstrip(b"\0") != name:
+        return f"the tar holds no member {name.decode()!r} at byte {offset}"
+    try:
+        header_size = int(member_header[124:136].rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        return f"the tar header of {name.decode()!r} has no readable size"
+    if header_size != size:
+        return f"member {name.decode()!r} holds {header_size} bytes in the tar, {size} in the index"
+    if after.strip(b"\0"):
+        return f"the tar goes on after {name.decode()!r}, its last listed member"
+    return None

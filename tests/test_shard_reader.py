@@ -56,3 +56,30 @@ def test_a_malformed_or_stale_index_is_an_error_naming_the_file(shard_dir, tmp_p
     stale.write_text(open(url[:-4] + ".idx").read().replace(" 512 ", " 99999999 ", 1))
     with pytest.raises(ShardReadError, match="out of date"):
         list(ShardReader({url: str(stale)}).samples([url]))
+
+
+def test_an_index_that_no_longer_matches_its_tar_is_noticed(shard_dir, tmp_path):
+    import io
+    import shutil
+
+    from pipeline.dali_index import index_mismatch
+
+    url = shards(shard_dir)[0]
+    idx = url[:-4] + ".idx"
+    assert index_mismatch(idx, url, 3) is None
+    assert "expected 'v1.2 4'" in index_mismatch(idx, url, 4)
+    rewritten = tmp_path / "rewritten.tar"  # the first video cut to a third, as a repaired or damaged copy would be
+    with tarfile.open(url) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(rewritten, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for number, (member, data) in enumerate(members):
+            data = data[: len(data) // 3] if number == 0 else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    assert "holds no member" in index_mismatch(idx, rewritten, 3)
+    shutil.copy(url, tmp_path / "appended.tar")
+    with tarfile.open(tmp_path / "appended.tar", "a") as tar:
+        info = tarfile.TarInfo("extra.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    assert "goes on after" in index_mismatch(idx, tmp_path / "appended.tar", 3)
