@@ -1,10 +1,18 @@
 """CPU loaders: WebDataset shards -> uint8 batches of the contract in pipeline/contract.py.
 
 A stream is a chain of webdataset stages per pass over the split:
-  shard list (this rank's shards, shuffled per pass) -> tar members -> samples (key, mp4, json)
+  shard list (this rank's shards, shuffled per pass) -> samples (key + where its members lie)
   -> [keep index % world_size == rank] -> buffered shuffle -> positions 0, 1, 2, ...
 and batch k is positions [k*B, (k+1)*B). Everything that decides which sample lands where is drawn
 from seeds mixed from (seed, epoch, rank, world_size, pass): no process ids, no clocks.
+
+Reading (pipeline/shard_reader.py): when every shard of the rank has its DALI index file (the
+manifest's `index`, written by tools/make_shards.py), the stream above is built from the index files
+alone, and a worker reads the tar members of the samples it decodes and nothing else: a rank reads
+its share of the split once per epoch, whatever num_workers. Without an index for every shard the
+loader falls back to webdataset's sequential scan, where each worker reads every tar byte of the
+rank's shards up to its last batch: with W workers about W times the rank's share (and in the
+by-sample-index split every rank reads every shard). The log says which path runs (`read_path`).
 
 Splitting across ranks (disjoint within an epoch):
 - by shard when the shard count splits evenly enough (a multiple of world_size, or at least
@@ -14,11 +22,14 @@ Splitting across ranks (disjoint within an epoch):
   every shard.
 
 Splitting across DataLoader workers is by BATCH, not by shard: every worker walks the rank's
-(cheap, undecoded) sample stream and decodes only the batches k with (k - start_step) % num_workers
-== its id; torch's DataLoader hands batches back round-robin, so batch k is the same tensor for any
-num_workers. The price is that each worker reads every tar byte of its rank (page-cache reads,
-small next to decoding). Augmentation draws come from a per-sample generator seeded from
-(seed, epoch, pass, key), so they do not depend on the process either.
+(cheap, unread) sample stream and loads and decodes only the batches k with
+(k - start_step) % num_workers == its id; torch's DataLoader hands batches back round-robin, so
+batch k is the same tensor for any num_workers. A worker stops after its last batch. Augmentation
+draws come from a per-sample generator seeded from (seed, epoch, pass, key), so they do not depend
+on the process either.
+
+Each batch carries READ_STATS (this worker's bytes read since its previous batch); BatchLoader
+takes it out and sums it into `bytes_read`, `index_bytes` and `io_read_chars` (/proc/self/io rchar).
 
 Padding: train_loader yields exactly steps_per_epoch batches. When that needs more samples than the
 rank holds, the rank starts another pass over ITS OWN samples (new shuffle, new augmentation draws);
@@ -35,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -50,9 +62,14 @@ from pipeline.augment import eval_views, train_view
 from pipeline.clips import eval_clip_indices, train_clip_indices
 from pipeline.contract import (KEY, LABEL, SKIPPED_KEYS, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec,
                                StrongAugmentSpec)
+from pipeline.dali_index import index_mismatch
+from pipeline.shard_reader import ShardReader
 from pipeline.video_decode import CorruptVideoError, decode_frames, resolve_backend
 
+log = logging.getLogger(__name__)
+
 VIDEO_EXTENSIONS = ("mp4", "webm")
+READ_STATS = "__read_stats__"  # worker -> BatchLoader only; never reaches the caller
 Sample = dict[str, Any]
 
 
@@ -75,6 +92,7 @@ class ShardRef:
     url: str
     samples: int
     first_index: int  # split-order index of the shard's first sample
+    index: str | None = None  # its DALI index file, when the manifest names one that exists
 
 
 @dataclass(frozen=True)
@@ -101,9 +119,29 @@ def split_shards(manifest: dict, shard_dir: str | Path, split: str) -> list[Shar
                          f"available splits are {sorted(splits)}")
     refs, first = [], 0
     for shard in splits[split]["shards"]:
-        refs.append(ShardRef(str(Path(shard_dir) / shard["file"]), int(shard["samples"]), first))
+        index = Path(shard_dir) / shard["index"] if shard.get("index") else None
+        refs.append(ShardRef(str(Path(shard_dir) / shard["file"]), int(shard["samples"]), first,
+                             str(index) if index is not None and index.is_file() else None))
         first += int(shard["samples"])
     return refs
+
+
+def shard_reader(shards: Iterable[ShardRef], where: str, num_workers: int) -> ShardReader:
+    """The index path when every shard has its index file, else the scan; logs which (`where` says for whom)."""
+    shards = list(shards)
+    missing = []
+    for shard in shards:
+        reason = "no index file" if shard.index is None else index_mismatch(shard.index, shard.url, shard.samples)
+        if reason is not None:
+            missing.append(f"{Path(shard.url).name}: {reason}")
+    where = f"{where}, {len(shards)} shards"
+    if not missing:
+        log.info("%s: reading by index (each worker reads only the samples it decodes)", where)
+        return ShardReader({shard.url: shard.index for shard in shards})
+    log.warning("%s: no usable index for %d shard(s) (%s%s): sequential scan, each of %d worker(s) reads every "
+                "tar byte of the rank; write indexes with tools/make_shards.py", where, len(missing),
+                "; ".join(missing[:3]), "..." if len(missing) > 3 else "", max(1, num_workers))
+    return ShardReader()
 
 
 def plan_rank(shards: list[ShardRef], rank: int, world_size: int, *, seed: int, epoch: int,
@@ -146,15 +184,20 @@ def _keep_rank(plan: RankPlan) -> Callable[[Iterable[Sample]], Iterator[Sample]]
     return stage
 
 
-def rank_pass(plan: RankPlan, *, shuffle: bool, shuffle_buffer: int, order_seed: int) -> Iterator[Sample]:
-    """One pass over the rank's samples as a webdataset pipeline (undecoded bytes)."""
+def _rank_name(plan: RankPlan) -> str:
+    split = "by sample index" if plan.by_sample_index else "by shard"
+    return f"rank {plan.rank} of {plan.world_size} ({split})"
+
+
+def rank_pass(plan: RankPlan, reader: ShardReader, *, shuffle: bool, shuffle_buffer: int,
+              order_seed: int) -> Iterator[Sample]:
+    """One pass over the rank's samples as a webdataset pipeline (by index: not yet read; by scan: bytes)."""
     shards = list(plan.shards)
     rng = random.Random(order_seed)
     if shuffle:
         rng.shuffle(shards)
-    stages: list[Any] = [wds.SimpleShardList([shard.url for shard in shards]),
-                         wds.tarfile_to_samples(),  # a broken tar (not a broken member) is fatal
-                         _tag_split_index(plan)]
+    urls = [shard.url for shard in shards]
+    stages: list[Any] = [lambda: reader.samples(urls), _tag_split_index(plan)]
     if plan.by_sample_index:
         stages.append(_keep_rank(plan))
     if shuffle and shuffle_buffer > 1:
@@ -182,14 +225,38 @@ def _worker_slot() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def _read_chars() -> int:
+    """Bytes this process has passed through read() calls so far (/proc/self/io rchar; 0 where absent)."""
+    try:
+        with open("/proc/self/io", "rb") as stats:
+            return int(stats.readline().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class _ReadMeter:
+    """What one worker's reader read since the previous batch it handed out."""
+
+    def __init__(self, reader: ShardReader):
+        self.reader = reader
+        self.last = (reader.bytes_read, reader.index_bytes, _read_chars())
+
+    def since_last(self) -> dict:
+        now = (self.reader.bytes_read, self.reader.index_bytes, _read_chars())
+        delta = {"bytes": now[0] - self.last[0], "index_bytes": now[1] - self.last[1],
+                 "read_chars": now[2] - self.last[2]}
+        self.last = now
+        return delta
+
+
 class _TrainBatches(IterableDataset):
     """Worker side of train_loader: yields this worker's batches, collated, in step order."""
 
     def __init__(self, plan: RankPlan, clip: ClipSpec, augment: AugmentSpec, strong: StrongAugmentSpec | None,
-                 *, num_classes: int, batch_size: int, steps_per_epoch: int, start_step: int, seed: int,
-                 epoch: int, shuffle_buffer: int, backend: str):
+                 *, reader: ShardReader, num_classes: int, batch_size: int, steps_per_epoch: int, start_step: int,
+                 seed: int, epoch: int, shuffle_buffer: int, backend: str):
         super().__init__()
-        self.plan, self.clip, self.augment, self.strong = plan, clip, augment, strong
+        self.plan, self.clip, self.augment, self.strong, self.reader = plan, clip, augment, strong, reader
         self.num_classes, self.batch_size = num_classes, batch_size
         self.steps_per_epoch, self.start_step = steps_per_epoch, start_step
         self.seed, self.epoch, self.shuffle_buffer, self.backend = seed, epoch, shuffle_buffer, backend
@@ -199,7 +266,7 @@ class _TrainBatches(IterableDataset):
         for pass_index in itertools.count():
             order_seed = stable_seed(self.seed, self.epoch, self.plan.rank, self.plan.world_size, pass_index)
             empty = True
-            for sample in rank_pass(self.plan, shuffle=True, shuffle_buffer=self.shuffle_buffer,
+            for sample in rank_pass(self.plan, self.reader, shuffle=True, shuffle_buffer=self.shuffle_buffer,
                                     order_seed=order_seed):
                 empty = False
                 yield pass_index, sample
@@ -223,6 +290,7 @@ class _TrainBatches(IterableDataset):
 
     def make_batch(self, batch_samples: list[tuple[int, Sample]]) -> dict:
         items, skipped, valid = [], [], []
+        batch_samples = [(pass_index, self.reader.load(sample)) for pass_index, sample in batch_samples]
         for pass_index, sample in batch_samples:
             try:
                 items.append(self.make_item(pass_index, sample))
@@ -238,24 +306,31 @@ class _TrainBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker_slot()
-        total = self.steps_per_epoch * self.batch_size
+        own_steps = range(self.start_step + worker, self.steps_per_epoch, num_workers)
+        if not own_steps:
+            return
+        meter = _ReadMeter(self.reader)
+        total = (own_steps[-1] + 1) * self.batch_size  # nothing past this worker's last batch is read
         pending: list[tuple[int, Sample]] = []
         for position, (pass_index, sample) in enumerate(itertools.islice(self.epoch_stream(), total)):
             step = position // self.batch_size
             if step < self.start_step or (step - self.start_step) % num_workers != worker:
-                continue  # read but never decoded: resume and other workers' batches cost no decoding
+                continue  # never loaded nor decoded: resume and other workers' batches cost (by index) nothing
             pending.append((pass_index, sample))
             if len(pending) == self.batch_size:
-                yield self.make_batch(pending)
+                batch = self.make_batch(pending)
+                batch[READ_STATS] = meter.since_last()
+                yield batch
                 pending = []
 
 
 class _EvalBatches(IterableDataset):
     """Worker side of eval_loader: one pass in shard order, every view of every sample."""
 
-    def __init__(self, plan: RankPlan, clip: ClipSpec, *, batch_size: int, multi_view: bool, backend: str):
+    def __init__(self, plan: RankPlan, clip: ClipSpec, *, reader: ShardReader, batch_size: int, multi_view: bool,
+                 backend: str):
         super().__init__()
-        self.plan, self.clip, self.batch_size, self.backend = plan, clip, batch_size, backend
+        self.plan, self.clip, self.batch_size, self.backend, self.reader = plan, clip, batch_size, backend, reader
         self.num_clips = clip.test_clips if multi_view else 1
         self.num_crops = clip.test_crops if multi_view else 1
 
@@ -274,7 +349,7 @@ class _EvalBatches(IterableDataset):
         items, skipped = [], []
         for sample in samples:
             try:
-                items.append(self.make_item(sample))
+                items.append(self.make_item(self.reader.load(sample)))
             except CorruptVideoError as error:
                 skipped.append(error.key)
         if not items:
@@ -286,20 +361,25 @@ class _EvalBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker_slot()
+        own_batches = range(worker, math.ceil(self.plan.samples / self.batch_size), num_workers)
+        if not own_batches:
+            return
+        meter = _ReadMeter(self.reader)
         pending: list[Sample] = []
         owner_batch = None
-        stream = rank_pass(self.plan, shuffle=False, shuffle_buffer=0, order_seed=0)
-        for position, sample in enumerate(stream):
+        stream = rank_pass(self.plan, self.reader, shuffle=False, shuffle_buffer=0, order_seed=0)
+        total = (own_batches[-1] + 1) * self.batch_size  # nothing past this worker's last batch is read
+        for position, sample in enumerate(itertools.islice(stream, total)):
             batch = position // self.batch_size
             if batch % num_workers != worker:
                 continue
             if pending and batch != owner_batch:
-                yield self.make_batch(pending)
+                yield {**self.make_batch(pending), READ_STATS: meter.since_last()}
                 pending = []
             owner_batch = batch
             pending.append(sample)
         if pending:
-            yield self.make_batch(pending)
+            yield {**self.make_batch(pending), READ_STATS: meter.since_last()}
 
 
 def collate(items: list[dict], skipped: list[str]) -> dict:
@@ -323,6 +403,10 @@ class BatchLoader:
         self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
         self.num_batches, self.samples_per_rank = num_batches, samples_per_rank
         self.skipped_keys: list[str] = []
+        self.read_path = getattr(getattr(dataset, "reader", None), "path_name", "scan")
+        self.bytes_read = 0  # tar bytes the workers' readers read (all iterations so far)
+        self.index_bytes = 0  # index files they parsed
+        self.io_read_chars = 0  # the same readers' processes, as /proc/self/io rchar counts every read()
 
     @property
     def skipped(self) -> int:
@@ -340,6 +424,10 @@ class BatchLoader:
             batches = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                  pin_memory=self.pin_memory, in_order=True)
         for batch in batches:
+            read = batch.pop(READ_STATS)
+            self.bytes_read += read["bytes"]
+            self.index_bytes += read["index_bytes"]
+            self.io_read_chars += read["read_chars"]
             self.skipped_keys.extend(batch[SKIPPED_KEYS])
             yield batch
 
@@ -375,7 +463,8 @@ def train_loader(shard_dir: str | Path, split: str, clip: ClipSpec, augment: Aug
     if plan.samples == 0:
         raise ValueError(f"{shard_dir}: split {split!r} has no samples for rank {rank} of {world_size}")
     strong = StrongAugmentSpec() if strong_view is True else (strong_view or None)
-    dataset = _TrainBatches(plan, clip, augment, strong, num_classes=len(manifest["classes"]),
+    dataset = _TrainBatches(plan, clip, augment, strong, reader=shard_reader(plan.shards, _rank_name(plan), num_workers),
+                            num_classes=len(manifest["classes"]),
                             batch_size=batch_size, steps_per_epoch=steps_per_epoch, start_step=start_step,
                             seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer,
                             backend=resolve_backend(backend))
@@ -396,8 +485,8 @@ def eval_loader(shard_dir: str | Path, split: str, clip: ClipSpec, *, batch_size
     manifest = read_manifest(shard_dir)
     plan = plan_rank(split_shards(manifest, shard_dir, split), rank, world_size, seed=0, epoch=0,
                      shuffle=False, need_balance=False)
-    dataset = _EvalBatches(plan, clip, batch_size=batch_size, multi_view=multi_view,
-                           backend=resolve_backend(backend))
+    dataset = _EvalBatches(plan, clip, reader=shard_reader(plan.shards, _rank_name(plan), num_workers), batch_size=batch_size,
+                           multi_view=multi_view, backend=resolve_backend(backend))
     return BatchLoader(dataset, num_batches=math.ceil(plan.samples / batch_size), num_workers=num_workers,
                        pin_memory=pin_memory, samples_per_rank=plan.samples)
 

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from pipeline.contract import KEY, LABEL, SKIPPED_KEYS, VIDEO, ClipSpec
-from pipeline.cpu_loader import RankPlan, _EvalBatches, rank_pass, read_manifest, split_shards
+from pipeline.cpu_loader import RankPlan, _EvalBatches, rank_pass, read_manifest, shard_reader, split_shards
 from pipeline.manifest import MANIFEST_NAME
 from pipeline.video_decode import resolve_backend
 
@@ -423,12 +423,14 @@ class _ChunkClips(IterableDataset):
                  clip: ClipSpec, backend: str):
         super().__init__()
         self.shards = split_shards(read_manifest(shard_dir), shard_dir, split)
+        self.reader = shard_reader(self.shards, f"feature cache of split {split!r}", num_workers=1)
         self.keys, self.chunks, self.clip, self.backend = keys, chunks, clip, backend
 
     def chunk_batch(self, start: int, stop: int) -> dict:
         shards = tuple(s for s in self.shards if s.first_index < stop and s.first_index + s.samples > start)
         samples = []
-        for sample in rank_pass(RankPlan(shards, False, 0, 1), shuffle=False, shuffle_buffer=0, order_seed=0):
+        for sample in rank_pass(RankPlan(shards, False, 0, 1), self.reader, shuffle=False, shuffle_buffer=0,
+                                order_seed=0):
             index = sample["__index__"]
             if index >= stop:
                 break
@@ -439,7 +441,7 @@ class _ChunkClips(IterableDataset):
                 samples.append(sample)
         if len(samples) != stop - start:
             raise FeatureCacheError(f"rows {start}..{stop - 1}: found {len(samples)} samples in the shards")
-        decoder = _EvalBatches(RankPlan(shards, False, 0, 1), self.clip, batch_size=len(samples),
+        decoder = _EvalBatches(RankPlan(shards, False, 0, 1), self.clip, reader=self.reader, batch_size=len(samples),
                                multi_view=False, backend=self.backend)
         return decoder.make_batch(samples)
 

@@ -230,3 +230,73 @@ def test_corrupt_members_are_skipped_and_counted(corrupt_shards):
     assert eval_batches.skipped == 2 and len(kept) == len(val) - 2
     assert set(kept) | set(eval_batches.skipped_keys) == set(val)
     assert math.isclose(len(kept) / len(val), 4 / 6)
+
+
+# ---- reading by index ----
+
+def test_index_and_scan_paths_give_the_same_batches_and_the_log_names_the_path(four_shards, tmp_path, caplog):
+    from tools.read_cost import scan_view
+
+    scan_dir = scan_view(four_shards, tmp_path / "scan")
+
+    def run(shard_dir):
+        loader = train_loader(shard_dir, "labelled", CLIP, AugmentSpec(), batch_size=3, steps_per_epoch=5, rank=1,
+                              world_size=2, num_workers=2, seed=4, strong_view=True)
+        return loader, list(loader)
+
+    with caplog.at_level("INFO", logger="pipeline.cpu_loader"):
+        by_index, index_batches = run(four_shards)
+        by_scan, scan_batches = run(scan_dir)
+    assert (by_index.read_path, by_scan.read_path) == ("index", "scan")
+    assert "reading by index" in caplog.text and "sequential scan" in caplog.text
+    assert_same_batches(index_batches, scan_batches)
+    assert all(torch.equal(a[STRONG_VIDEO], b[STRONG_VIDEO]) for a, b in zip(index_batches, scan_batches))
+    assert keys_of(eval_loader(four_shards, "val", CLIP, batch_size=3, num_workers=2)) == \
+           keys_of(eval_loader(scan_dir, "val", CLIP, batch_size=3, num_workers=2))
+
+
+def member_sizes(shard_dir: Path, split: str) -> dict[str, int]:
+    from tools.read_cost import sample_bytes
+    return sample_bytes(shard_dir, split)
+
+
+def test_an_epoch_by_index_reads_each_decoded_sample_once(three_shards):
+    sizes = member_sizes(three_shards, "labelled")
+    for rank in range(2):  # 3 shards, 2 ranks: split by sample index, where a scan reads every shard
+        loader = train_loader(three_shards, "labelled", CLIP, AugmentSpec(), batch_size=2, steps_per_epoch=3,
+                              rank=rank, world_size=2, num_workers=2, seed=1)
+        keys = keys_of(loader)
+        assert loader.bytes_read == sum(sizes[key] for key in keys)  # padding repeats re-read, nothing else is read
+        assert 0 < loader.index_bytes < loader.bytes_read
+        assert loader.io_read_chars >= loader.bytes_read
+
+
+def test_a_worker_reads_no_member_of_another_workers_samples(four_shards, tmp_path, monkeypatch):
+    import os
+    import pipeline.shard_reader as shard_reader
+
+    log_path = tmp_path / "reads.txt"
+
+    class LoggedOs:  # the reader's `os`, with every positioned read written down by the reading process
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def pread(self, descriptor, size, offset):
+            with open(log_path, "a") as log:
+                log.write(f"{os.getpid()} {os.readlink(f'/proc/self/fd/{descriptor}')} {offset}\n")
+            return os.pread(descriptor, size, offset)
+
+    monkeypatch.setattr(shard_reader, "os", LoggedOs())
+    workers = 2
+    batches = list(train_loader(four_shards, "labelled", CLIP, AugmentSpec(), batch_size=2, steps_per_epoch=7,
+                                num_workers=workers, seed=2))
+    owner = {}  # (tar, member offset) -> key
+    for tar in four_shards.glob("labelled-*.tar"):
+        with tarfile.open(tar) as archive:
+            owner.update({(str(tar.resolve()), m.offset_data): m.name.split(".")[0] for m in archive if m.isreg()})
+    read_by_process: dict[str, set[str]] = {}
+    for line in log_path.read_text().splitlines():
+        pid, tar, offset = line.split()
+        read_by_process.setdefault(pid, set()).add(owner[(str(Path(tar).resolve()), int(offset))])
+    decoded_by_worker = [set(keys_of(batches[w::workers])) for w in range(workers)]
+    assert sorted(map(sorted, read_by_process.values())) == sorted(map(sorted, decoded_by_worker))

@@ -15,11 +15,12 @@ import pytest
 from tools import profile_throughput
 
 VIDEOS = 12
-ARGS = ["--videos", str(VIDEOS), "--what", "loaders,peer,dali_cpu,jedi_step,sweep", "--workers", "1",
+ARGS = ["--videos", str(VIDEOS), "--what", "loaders,peer,dali_cpu,jedi_step,sweep,ceiling,reads,scale", "--workers", "1",
         "--repeats", "1", "--clip-frames", "4", "--stride", "2", "--crop", "32", "--batch-size", "2",
         "--timed-clips", "4", "--warmup-batches", "1", "--short-side", "40", "--gop", "8", "--sweep-gops", "4",
         "--sweep-short-sides", "", "--jedi-backbone", "x3d_tiny", "--jedi-batch-size", "1", "--jedi-steps", "1",
-        "--jedi-warmup-steps", "0", "--shard-workers", "2"]
+        "--jedi-warmup-steps", "0", "--shard-workers", "2", "--read-workers", "1", "--read-ranks", "2",
+        "--scale-samples", "24"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_every_contender_is_measured_on_the_same_videos(profile):
     result, _, work = profile
     loaders = {(row["contender"], row["data"]) for row in rows_of(result, "loader")}
     expected = {("torch loader", "H.264 shards"), ("PyTorchVideo", "raw .avi files"),
-                ("PyTorchVideo", "re-encoded .mp4 files")}
+                ("PyTorchVideo", "re-encoded .mp4 files"), ("decode only", "H.264 shard clips in memory")}
     if importlib.util.find_spec("nvidia.dali") is not None:
         expected |= {("DALI cpu", "VP9 shards"), ("torch loader", "VP9 shards")}
     else:
@@ -61,6 +62,31 @@ def test_ratios_come_from_the_same_run(profile):
     ours = next(r for r in loaders if r["contender"] == "torch loader" and r["data"] == "H.264 shards")
     assert ours["ratio_vs_peer_raw"] == pytest.approx(ours["clips_per_s"] / peer_raw["clips_per_s"], abs=0.01)
     assert peer_raw["ratio_vs_peer_raw"] == 1.0
+
+
+def test_decode_ceiling_and_the_loaders_share_of_it(profile):
+    result, stdout, _ = profile
+    loaders = rows_of(result, "loader")
+    ceiling = next(r for r in loaders if r["contender"] == "decode only")
+    ours = next(r for r in loaders if r["contender"] == "torch loader" and r["data"] == "H.264 shards")
+    assert ours["share_of_ceiling"] == pytest.approx(ours["clips_per_s"] / ceiling["clips_per_s"], abs=0.001)
+    assert "of the decode-only ceiling" in stdout
+
+
+def test_bytes_read_per_epoch_by_index_and_by_scan(profile):
+    result, stdout, _ = profile
+    reads = rows_of(result, "reads")
+    # one worker, then two ranks: 12 videos in one shard, so the ranks split it by sample index
+    assert {(r["read_path"], r["world_size"]) for r in reads} == {("index", 1), ("scan", 1), ("index", 2), ("scan", 2)}
+    for row in reads:
+        assert row["clips"] == VIDEOS // row["world_size"] and row["rank_share_bytes"] > 0
+        if row["read_path"] == "index":
+            assert row["bytes_per_share"] <= 1.1
+        elif row["world_size"] == 2:
+            assert row["split"] == "by sample index" and row["bytes_per_share"] > 1.8  # every rank reads every shard
+    scale = rows_of(result, "scale")
+    assert {r["read_path"] for r in scale} == {"index", "scan"} and all(r["samples"] == 24 for r in scale)
+    assert "bytes read per epoch per rank" in stdout
 
 
 def test_jedi_step_and_sweep_report_what_they_measure(profile):

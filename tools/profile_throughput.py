@@ -17,6 +17,14 @@ Sections (`--what`, comma separated):
   sweep      re-shards the same source videos per --sweep-gops / --sweep-short-sides point and measures
              the torch loader (and DALI GPU when dali_gpu is selected) on each
   sharding   videos/s of tools/make_shards.py at each --workers count (fresh output every time)
+  ceiling    the decode-only ceiling (tools/decode_ceiling.py): the same shard clips decoded by the same
+             decoder in --workers plain processes, no tar, augmentation or DataLoader; interleaved with
+             the loaders, and the torch loader's rows get `share_of_ceiling` at the same worker count
+  reads      bytes read per epoch per rank (tools/read_cost.py), by index and by scan, for each
+             --read-workers count, and each of --read-ranks ranks (by sample index when the shards are
+             too few to split by shard), next to the rank's share of the split
+  scale      the scale simulation: --scale-samples copies of one small clip under different keys,
+             one epoch with the largest --read-workers count, by index and by scan
 
 Every contender of a section runs in this one process, interleaved within each repeat so they see the
 same machine load; a figure is the median of --repeats timed windows, each after a warm-up (worker
@@ -53,9 +61,11 @@ from tqdm import tqdm
 
 from pipeline.contract import LABEL, VIDEO, AugmentSpec, ClipSpec, to_model_input
 from pipeline.cpu_loader import train_loader
+from tools import read_cost
+from tools.decode_ceiling import decode_ceiling, shard_clips
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("loaders", "peer", "dali_cpu", "dali_gpu", "jedi_step", "sweep", "sharding")
+SECTIONS = ("loaders", "peer", "dali_cpu", "dali_gpu", "jedi_step", "sweep", "sharding", "ceiling", "reads", "scale")
 SOURCES = {"ucf101": ".avi", "hmdb51": ".avi", "kinetics400": ".mp4"}  # class = parent folder name
 VIDEO_SUFFIXES = (".avi", ".mp4", ".webm")
 SPLIT = "labelled"  # every selected video goes to this split (label fraction 1, val fraction 0)
@@ -98,6 +108,9 @@ class ProfileSettings:
     jedi_steps: int = 3
     jedi_warmup_steps: int = 3  # the first steps pick conv kernels (CPU: ~15 s for the very first)
     nvml_interval_s: float = 0.05
+    read_workers: tuple[int, ...] = (1, 2, 8)
+    read_ranks: int = 2
+    scale_samples: int = 20000
     json_path: Path | None = None
     png_path: Path | None = None
 
@@ -358,6 +371,7 @@ class Contender:
     make: Callable[[int, int], Iterator[dict]]  # (workers, steps) -> batches
     nvml: bool = False
     extra: dict = field(default_factory=dict)  # copied into the contender's row (sweep point settings)
+    measure: Callable[[int, int], dict] | None = None  # (workers, clips) -> result, instead of timing batches
 
 
 def dali_available(notes: list[str]) -> bool:
@@ -384,6 +398,10 @@ def loader_contenders(settings: ProfileSettings, inputs: Inputs, notes: list[str
     if "dali_cpu" in settings.what and inputs.vp9 is not None and dali_available(notes):
         contenders.append(Contender("DALI cpu", "VP9 shards", lambda w, n: dali_batches(inputs.vp9, settings, w, n, "cpu")))
         contenders.append(Contender("torch loader", "VP9 shards", lambda w, n: our_batches(inputs.vp9, settings, w, n)))
+    if "ceiling" in settings.what:
+        clips = shard_clips(inputs.h264, SPLIT, settings.clip)
+        contenders.append(Contender("decode only", "H.264 shard clips in memory", lambda w, n: iter(()),
+                                    measure=lambda w, n: decode_ceiling(clips, w, n)))
     if "dali_gpu" in settings.what:
         if not torch.cuda.is_available():
             notes.append("DALI gpu skipped: CUDA is not available on this machine")
@@ -403,6 +421,10 @@ def measure_contenders(contenders: list[Contender], settings: ProfileSettings, n
         contender = contenders[index]
         warmup = settings.warmup_for(workers)
         sampler = maybe_nvml(settings, notes) if contender.nvml else None
+        if contender.measure is not None:
+            runs.setdefault((workers, index), []).append(
+                contender.measure(workers, max(workers, settings.timed_batches * settings.batch_size)))
+            continue
         batches = contender.make(workers, warmup + settings.timed_batches)
         if sampler is None:
             result = time_batches(batches, warmup, settings.timed_batches)
@@ -423,7 +445,16 @@ def measure_contenders(contenders: list[Contender], settings: ProfileSettings, n
             row["nvml"] = nvml[len(nvml) // 2]
         rows.append(row)
     add_peer_ratios(rows)
+    add_ceiling_shares(rows)
     return rows
+
+
+def add_ceiling_shares(rows: list[dict]) -> None:
+    """share_of_ceiling = the torch loader's clips/s (H.264 shards) / decode-only clips/s, same worker count."""
+    for row in rows:
+        ceiling = next((c for c in rows if c["contender"] == "decode only" and c["workers"] == row["workers"]), None)
+        if ceiling is not None and row["contender"] == "torch loader" and row["data"] == "H.264 shards":
+            row["share_of_ceiling"] = round(row["clips_per_s"] / ceiling["clips_per_s"], 3)
 
 
 def add_peer_ratios(rows: list[dict]) -> None:
@@ -571,6 +602,8 @@ def format_table(rows: list[dict]) -> str:
              f"{'ratio':>6}  notes"
     lines += [header, "-" * len(header)]
     for row in rows:
+        if row["section"] in ("reads", "scale"):
+            continue  # their own table (read_cost.format_rows)
         notes = []
         if "ratio_vs_peer_reencoded" in row:
             notes.append(f"x{row['ratio_vs_peer_reencoded']} vs peer on re-encoded")
@@ -580,6 +613,8 @@ def format_table(rows: list[dict]) -> str:
         if "gop" in row:
             notes.append(f"{row['bytes_per_video'] / 1024:.1f} KiB/video, x{row.get('ratio_vs_default_point', '?')} "
                          f"vs default point")
+        if "share_of_ceiling" in row:
+            notes.append(f"{100 * row['share_of_ceiling']:.0f}% of the decode-only ceiling")
         if "videos_per_s" in row:
             notes.append(f"{row['videos_per_s']} videos/s ({row['videos_per_s_incl_startup']} incl. start-up)")
         if row.get("nvml"):
@@ -672,6 +707,12 @@ def run_profile(settings: ProfileSettings, argv: list[str] | None = None) -> dic
         rows += sweep_rows(settings, inputs, notes)
     if "sharding" in settings.what:
         rows += sharding_rows(settings, inputs, notes)
+    if "reads" in settings.what:
+        rows += read_cost.read_rows(inputs.h264, settings.work_dir, settings.clip, batch_size=settings.batch_size,
+                                    workers=settings.read_workers, ranks=settings.read_ranks)
+    if "scale" in settings.what:
+        rows += read_cost.scale_rows(settings.work_dir, settings.scale_samples, max(settings.read_workers),
+                                     settings.batch_size)
     if hasattr(os, "getloadavg"):
         machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {"command": " ".join(["python", "tools/profile_throughput.py", *(argv or [])]),
@@ -686,6 +727,10 @@ def run_profile(settings: ProfileSettings, argv: list[str] | None = None) -> dic
     print(f"{len(inputs.raw_videos)} videos; clip {settings.clip.frames}x stride {settings.clip.stride}, crop "
           f"{settings.clip.crop_size}; batch {settings.batch_size}; median of {settings.repeats}\n")
     print(table)
+    read_rows = [row for row in rows if row["section"] in ("reads", "scale")]
+    if read_rows:
+        print("\nbytes read per epoch per rank (tools/read_cost.py; share = the rank's samples' bytes)\n")
+        print(read_cost.format_rows(read_rows))
     for note in notes:
         print(f"note: {note}")
     json_path = settings.json_path or settings.work_dir / "throughput.json"
@@ -753,6 +798,14 @@ def parse_args(argv: list[str] | None = None) -> ProfileSettings:
     p.add_argument("--jedi-steps", type=int, default=None, help=f"timed JEDI steps (default {d.jedi_steps})")
     p.add_argument("--jedi-warmup-steps", type=int, default=d.jedi_warmup_steps,
                    help="untimed JEDI steps first (kernel selection makes the first steps slow)")
+    p.add_argument("--read-workers", type=int_list, default=d.read_workers,
+                   help=f"reads/scale sections: DataLoader workers per epoch measured (default "
+                        f"{','.join(map(str, d.read_workers))}; scale uses the largest)")
+    p.add_argument("--read-ranks", type=int, default=d.read_ranks,
+                   help="reads section: also read each rank of this many (1 = off); by sample index when the "
+                        "shards are fewer than 4 per rank and not a multiple of it (e.g. --videos 96: 3 shards)")
+    p.add_argument("--scale-samples", type=int, default=d.scale_samples,
+                   help="scale section: samples written (one small H.264 clip under as many keys)")
     p.add_argument("--json", type=Path, help="JSON output (default <work-dir>/throughput.json)")
     p.add_argument("--png", type=Path, help="plot (default <work-dir>/throughput.png)")
     args = p.parse_args(argv)
@@ -773,7 +826,8 @@ def parse_args(argv: list[str] | None = None) -> ProfileSettings:
             sweep_gops=pick("sweep_gops", args.sweep_gops), sweep_short_sides=pick("sweep_short_sides", args.sweep_short_sides),
             jedi_backbone=pick("jedi_backbone", args.jedi_backbone), jedi_batch_size=pick("jedi_batch_size", args.jedi_batch_size),
             jedi_steps=pick("jedi_steps", args.jedi_steps),
-            jedi_warmup_steps=args.jedi_warmup_steps, json_path=args.json, png_path=args.png)
+            jedi_warmup_steps=args.jedi_warmup_steps, read_workers=args.read_workers, read_ranks=args.read_ranks,
+            scale_samples=args.scale_samples, json_path=args.json, png_path=args.png)
     except ValueError as error:
         p.error(str(error))
 
