@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -16,6 +17,7 @@ from jedi_train.config import RunConfig  # noqa: E402
 from jedi_train.data import DatasetInfo, Streams  # noqa: E402
 from jedi_train.arms import ARMS  # noqa: E402
 from jedi_train.evaluate import evaluate_models  # noqa: E402
+from jedi_train.jedi import JediModel  # noqa: E402
 from jedi_train.train_experts import load_expert  # noqa: E402
 from jedi_train.train_jedi import load_selected, variant_path  # noqa: E402
 
@@ -33,9 +35,10 @@ def evaluate_all(config: RunConfig, accelerator: Accelerator, streams: Streams,
     predictions: dict = {}
     for name, info in infos.items():
         models = {"expert": load_expert(config, info).to(device).eval()}
+        memo = FeatureMemo()
         for arm, selected in arms.items():
-            models[f"{arm}_student"] = lambda x, m=selected[f"{name}/student"], n=name: m.student_logits(n, x)
-            models[f"{arm}_teacher"] = lambda x, m=selected[f"{name}/teacher"], n=name: m.teacher_logits(n, x)
+            models[f"{arm}_student"] = memo.student(selected[f"{name}/student"], name)
+            models[f"{arm}_teacher"] = memo.teacher(selected[f"{name}/teacher"], name)
         metrics[name] = {model: {"chance": 100.0 / len(info.classes)} for model in models}
         predictions[name] = {}
         for view, multi_view in (("single_clip", False), ("multi_view", True)):
@@ -45,6 +48,30 @@ def evaluate_all(config: RunConfig, accelerator: Accelerator, streams: Streams,
             for model, score in scores.items():
                 metrics[name][model][view] = score
     return metrics, predictions
+
+
+class FeatureMemo:
+    """Logits functions that share backbone passes: within one batch, each (model, backbone) runs once, so
+    a student and a teacher selected at the same epoch, or two teachers reading the same backbones, cost
+    one pass per backbone instead of one per model."""
+
+    def __init__(self):
+        self.clips, self.features = None, {}
+
+    def _features(self, model: JediModel, j: str, clips):
+        if clips is not self.clips:
+            self.clips, self.features = clips, {}
+        key = (id(model), j)
+        if key not in self.features:
+            self.features[key] = model.backbones[j](clips)
+        return self.features[key]
+
+    def student(self, model: JediModel, d: str):
+        return lambda clips: model.student_heads[d](self._features(model, d, clips))
+
+    def teacher(self, model: JediModel, d: str):
+        return lambda clips: model.teacher_heads[d](
+            torch.cat([self._features(model, j, clips) for j in model.teacher_sources(d)], dim=1))
 
 
 # expert first, then each arm's student and teacher (the supervised arm's teacher is not a method: no column)

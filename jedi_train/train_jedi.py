@@ -22,7 +22,7 @@ from jedi_train.cached_teacher import (cached_foreign_features, cached_teacher_t
 from jedi_train.checkpoint import Checkpointer, Interrupted, NonFiniteLoss, Progress, StopRequest
 from jedi_train.config import RunConfig
 from jedi_train.data import DatasetInfo, Streams
-from jedi_train.evaluate import accuracy
+from jedi_train.evaluate import evaluate_models
 from jedi_train.jedi import DistillSettings, JediModel
 from jedi_train.meter import StepMeter
 from jedi_train.train_experts import load_expert
@@ -85,14 +85,15 @@ def foreign_scale(config: RunConfig, variant: str, step: int) -> float:
 
 
 def validate(model: JediModel, streams: Streams, accelerator: Accelerator) -> dict:
-    """Val top-1 of every dataset's student and teacher (`<dataset>/<role>`), plus their means."""
+    """Val top-1 of every dataset's student and teacher (`<dataset>/<role>`), plus their means; each val
+    batch is decoded once for both."""
     model.eval()
     scores = {}
     for name in model.names:
-        scores[f"{name}/student"] = accuracy(lambda x, n=name: model.student_logits(n, x),
-                                             streams.eval(name, "val", multi_view=False), accelerator)["top1"]
-        scores[f"{name}/teacher"] = accuracy(lambda x, n=name: model.teacher_logits(n, x),
-                                             streams.eval(name, "val", multi_view=False), accelerator)["top1"]
+        models = {"student": lambda x, n=name: model.student_logits(n, x),
+                  "teacher": lambda x, n=name: model.teacher_logits(n, x)}
+        for role, result in evaluate_models(models, streams.eval(name, "val", multi_view=False), accelerator).items():
+            scores[f"{name}/{role}"] = result["top1"]
     for role in ROLES:
         scores[f"mean_{role}"] = sum(scores[f"{n}/{role}"] for n in model.names) / len(model.names)
     model.train()
