@@ -64,6 +64,7 @@ class ModelConfig:
 class ExpertsConfig:
     epochs: int = 40
     steps_per_epoch: int = 0  # 0: one pass over the labelled split
+    batch_size: int = 0  # clips per step; 0: data.labelled_batch_size
     lr: float = 3e-3
     weight_decay: float = 1e-4
     patience: int = 10  # epochs without a better val top-1 before stopping

@@ -42,6 +42,11 @@ def evaluate_all(config: RunConfig, accelerator: Accelerator, streams: Streams,
         metrics[name] = {model: {"chance": 100.0 / len(info.classes)} for model in models}
         predictions[name] = {}
         for view, multi_view in (("single_clip", False), ("multi_view", True)):
+            if multi_view and streams.clip.views == 1:  # one view: the multi-view test is the single-clip test
+                predictions[name][view] = predictions[name]["single_clip"]
+                for model in models:
+                    metrics[name][model][view] = dict(metrics[name][model]["single_clip"])
+                continue
             scores = evaluate_models(models, streams.eval(name, "test", multi_view=multi_view), accelerator,
                                      predictions=True)
             predictions[name][view] = {model: score.pop("predictions") for model, score in scores.items()}

@@ -65,7 +65,7 @@ def train_expert(config: RunConfig, accelerator: Accelerator, streams: Streams, 
                  resume: bool = False) -> dict:
     dataset = config.datasets[info.name]
     cfg = config.experts
-    batch_size = config.data.labelled_batch_size
+    batch_size = cfg.batch_size or config.data.labelled_batch_size
     steps = cfg.steps_per_epoch or max(1, math.ceil(info.samples("labelled") / (batch_size * accelerator.num_processes)))
     expert = Expert(build_backbone(dataset.backbone, config.model.norm, dataset.weights), len(info.classes))
     optimizer = torch.optim.AdamW(expert.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

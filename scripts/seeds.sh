@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-"0 1 2"}
 runs=()
 for seed in $SEEDS; do
+  start=$SECONDS
   bash scripts/demo.sh "seed=$seed" "$@"
+  echo "seeds.sh: seed $seed took $((SECONDS - start)) s"
   runs+=("runs/synthetic_demo_seed$seed")
 done
 .venv/bin/python tools/summarize_runs.py "${runs[@]}" --json runs/summary.json
