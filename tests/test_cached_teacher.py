@@ -175,8 +175,9 @@ def test_cache_features_tool_two_processes_then_refuses_other_weights(setup, tmp
     config, infos, _, _, _, overrides = setup
     torch.manual_seed(1)
     for name in NAMES:
-        save_expert(expert_path(config, name), Expert(build_backbone("x3d_tiny", "batchnorm"), len(infos[name].classes)),
-                    infos[name], "x3d_tiny", 0.0)
+        backbone = config.datasets[name].backbone
+        save_expert(expert_path(config, name), Expert(build_backbone(backbone, config.model.norm),
+                                                      len(infos[name].classes)), infos[name], backbone, 0.0)
     out = tmp_path / "cache"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "tools/cache_features.py",

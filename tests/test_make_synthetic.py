@@ -207,7 +207,11 @@ def test_info_records_the_benchmark_shape(tiny):
     on_disk = json.loads((out / "synthetic_info.json").read_text())
     assert on_disk["datasets"] == info["datasets"] and on_disk["seed"] == 0 and on_disk["complete"]
     broad = info["datasets"]["kinetics400"]
-    assert sorted(p for prims in broad["classes"].values() for p in prims) == sorted(PRIMITIVES)
+    broad_primitives = {p for prims in broad["classes"].values() for p in prims}
+    assert len(broad_primitives) == 12 and broad_primitives < set(PRIMITIVES)
+    narrow_only = {p for n in ("ucf101", "hmdb51", "ssv2") for prims in info["datasets"][n]["classes"].values()
+                   for p in prims} - broad_primitives
+    assert narrow_only == set(PRIMITIVES) - broad_primitives  # most narrow classes are in the broad set, some not
     assert sorted({c["style"] for c in broad["clips"].values()}) == sorted(STYLES)
     for name in ("ucf101", "hmdb51", "ssv2"):
         narrow = info["datasets"][name]
@@ -221,9 +225,15 @@ def test_info_records_the_benchmark_shape(tiny):
 
 
 @pytest.mark.parametrize("size", ["demo", "large"])
-def test_broad_set_is_several_times_the_narrow_ones(size):
-    videos = {name: len(planner(SIZES[size], 0).videos) for name, planner in PLANNERS.items()}
-    assert videos["kinetics400"] >= 3 * max(videos["hmdb51"], videos["ucf101"])
+def test_broad_set_is_the_largest_and_every_test_part_has_50_clips_per_class(size):
+    plans = {name: planner(SIZES[size], 0) for name, planner in PLANNERS.items()}
+    videos = {name: len(plan.videos) for name, plan in plans.items()}
+    assert videos["kinetics400"] >= 1.8 * max(videos["hmdb51"], videos["ucf101"], videos["ssv2"])
+    preset = SIZES[size]
+    assert min(preset.kinetics_val_per_class, preset.ucf_test_per_class, preset.hmdb_test_per_class,
+               preset.ssv2_val_per_class) >= 50
+    assert plans["ucf101"].info["counts"]["split1"]["test"] == 6 * preset.ucf_test_per_class
+    assert plans["hmdb51"].info["counts"]["split1"]["test"] == 6 * preset.hmdb_test_per_class
 
 
 # ---------------------------------------------------------------- reruns and determinism
@@ -330,3 +340,16 @@ def test_render_clip_names_the_allowed_values():
         render_clip("moonwalk", "noisy_box", 8, 64, 64, np.random.default_rng(0))
     with pytest.raises(ValueError, match="dot_cloud"):
         render_clip("grow", "sepia", 8, 64, 64, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("width, height", [(320, 240), (426, 240), (256, 340)])
+def test_every_action_stays_in_the_centred_square(width, height):
+    """A centre crop keeps the square of side min(W, H): every pose of every primitive fits inside it."""
+    short = min(width, height)
+    x0, y0 = (width - short) / 2, (height - short) / 2
+    for seed in range(20):
+        for primitive in PRIMITIVES:
+            t = make_trajectory(primitive, 32, width, height, np.random.default_rng(seed))
+            reach = t.radius * t.scale
+            assert np.all(t.cx - reach >= x0 - 1e-6) and np.all(t.cx + reach <= x0 + short + 1e-6), (primitive, seed)
+            assert np.all(t.cy - reach >= y0 - 1e-6) and np.all(t.cy + reach <= y0 + short + 1e-6), (primitive, seed)
