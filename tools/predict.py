@@ -90,14 +90,15 @@ def layout_inputs(layout: str, root: Path, split: str, bundle: Bundle) -> list[d
 # --- one video -> views ----------------------------------------------------------------------------
 
 def declared_seconds(path: Path) -> float | None:
-    """The duration the container's header declares (None when it declares none)."""
+    """The duration the header declares for the video stream, else for the container (which also covers
+    audio, often a little longer); None when it declares none."""
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            if container.duration:
-                return container.duration / av.time_base
             stream = container.streams.video[0] if container.streams.video else None
             if stream is not None and stream.duration and stream.time_base:
                 return float(stream.duration * stream.time_base)
+            if container.duration:
+                return container.duration / av.time_base
     except (av.FFmpegError, OSError, UnicodeDecodeError):
         pass  # resampled_frames says why it does not open
     return None
