@@ -120,6 +120,7 @@ def bundle_meta(config: RunConfig, info: DatasetInfo, model_name: str, sources: 
     encode = info.manifest.encode
     return {
         "model": model_name, "dataset": info.name,
+        "shard_dataset": info.manifest.dataset,  # the name in the shards' sample keys (<name>_<sha1[:16]>)
         "backbones": [{"name": config.datasets[source].backbone, "norm": config.model.norm,
                        "feature_dim": backbone.feature_dim, "student_of": source}
                       for source, backbone in zip(sources, backbones)],

@@ -80,7 +80,7 @@ def layout_inputs(layout: str, root: Path, split: str, bundle: Bundle) -> list[d
         raise LayoutError(f"{root} ({layout}) lists classes {listing.classes[:4]}... but the bundle was trained on "
                           f"{bundle.classes[:4]}... ({len(bundle.classes)} classes)")
     entries = [{"path": video.path, "label": listing.classes.index(video.class_name),
-                "key": sample_key(bundle.meta["dataset"], video.rel_path)}
+                "key": sample_key(bundle.meta["shard_dataset"], video.rel_path)}
                for video in listing.videos if video.official_split == split and video.class_name is not None]
     entries += [{"path": missing.path, "error": f"{missing.reason} (listed in the {layout} {split} split)"}
                 for missing in listing.missing if missing.official_split == split]
