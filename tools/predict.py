@@ -290,6 +290,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("give video paths, --list or --layout/--root")
     if args.layout and not args.root:
         parser.error("--layout needs --root")
+    for flag in ("clips", "top_k", "batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here; use --device cpu")
     if args.compare and not args.layout:
         parser.error("--compare needs --layout (the sample keys come from the layout's relative paths)")
     return args
