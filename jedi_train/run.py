@@ -18,6 +18,7 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import ProjectConfiguration, set_seed  # noqa: E402
 
 from jedi_train.arms import parse_arms  # noqa: E402
+from jedi_train.bundle import write_run_bundles  # noqa: E402
 from jedi_train.config import ConfigError, describe_keys, load_config, to_dict  # noqa: E402
 from jedi_train.data import Streams, dataset_infos  # noqa: E402
 from jedi_train.premise import premise_check  # noqa: E402
@@ -66,6 +67,9 @@ def main(argv=None) -> int:
         accelerator.print(f"{type(stop).__name__}: {stop}")
         accelerator.end_training()
         return 1
+    if config.stage in ("jedi", "eval", "all") and accelerator.is_main_process:
+        bundles = write_run_bundles(config, infos)  # what tools/predict.py, export.py and evaluate.py read
+        print(f"wrote {len(bundles)} model bundles under {run_dir / 'bundles'}")
     if config.stage in ("eval", "all"):
         metrics, predictions = evaluate_all(config, accelerator, streams, infos)
         if accelerator.is_main_process:

@@ -188,9 +188,10 @@ def _frames_at_fps(decoded, fps: float, source_rate: float, max_frames: int | No
             emitted += 1
 
 
-def transcode(path: Path, settings: ShardSettings) -> tuple[bytes, int, int, int]:
-    """Decode `path`, resample to settings.fps, resize to the short side, re-encode.
-    Returns (video bytes, frames, width, height); raises BadVideo with a reason."""
+def resampled_frames(path: Path, settings: ShardSettings) -> list[np.ndarray]:
+    """Decode `path`, resample to settings.fps and resize to the short side: the RGB uint8 frames
+    [H, W, 3] a shard stores before encoding (tools/predict.py reads raw videos the same way).
+    Raises BadVideo with a reason (FileNotFoundError for a missing file)."""
     if path.stat().st_size == 0:
         raise BadVideo("empty file (0 bytes)")
     try:
@@ -216,9 +217,21 @@ def transcode(path: Path, settings: ShardSettings) -> tuple[bytes, int, int, int
         raise BadVideo(f"cannot decode ({type(error).__name__}: {error})") from None
     if len(frames) < settings.min_frames:
         raise BadVideo(f"too short: {len(frames)} frames at {settings.fps:g} fps (--min-frames {settings.min_frames})")
-    encoded = encode_video_bytes(np.stack(frames), EncodeSettings(codec=settings.codec, fps=settings.fps,
-                                                                   gop=settings.gop, bframes=0))
-    return encoded, len(frames), size[0], size[1]
+    return frames
+
+
+def encode_frames(frames: list[np.ndarray], settings: ShardSettings) -> bytes:
+    """The shard member's bytes for `frames` (codec, fps and keyframe interval of `settings`, no B-frames)."""
+    return encode_video_bytes(np.stack(frames), EncodeSettings(codec=settings.codec, fps=settings.fps,
+                                                               gop=settings.gop, bframes=0))
+
+
+def transcode(path: Path, settings: ShardSettings) -> tuple[bytes, int, int, int]:
+    """Decode `path`, resample to settings.fps, resize to the short side, re-encode.
+    Returns (video bytes, frames, width, height); raises BadVideo with a reason."""
+    frames = resampled_frames(path, settings)
+    height, width = frames[0].shape[:2]
+    return encode_frames(frames, settings), len(frames), width, height
 
 
 def probe(path: Path) -> str | None:
