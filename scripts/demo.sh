@@ -22,19 +22,17 @@ SHARDS=shards/synthetic_seed$SEED
 $PY tools/make_synthetic.py --out "$DATA" --size "$SIZE" --seed "$SEED" --workers 2
 
 # Label budgets shape the benchmark (METHOD.md 1b): one broad, well-labelled dataset (26 labelled + 9 val
-# clips per class) beside three narrow ones with few labels: 6 labelled + 8 val clips per class on the
-# UCF-like and SSv2-like sets, 10 + 11 on the harder HMDB-like set (70 train clips per class each).
+# clips per class) beside three narrow ones with few labels: 10 labelled + 11 val clips per class (of 70
+# train clips per class).
 # Training clips: H.264, short side 40, 8 fps (a 2 s video is 16 frames: one clip of 8 frames at stride 2
 # sees the whole action), a keyframe every 4 frames.
 SHARD_ARGS=(--short-side 40 --fps 8 --gop 4 --seed "$SEED" --workers 2 --time-reversal-changes-label)
 $PY tools/make_shards.py --layout kinetics --root "$DATA/kinetics400" --out "$SHARDS/kinetics400" \
     --label-fraction 0.5 --val-fraction 0.25 --hflip-changes-label "${SHARD_ARGS[@]}"
-$PY tools/make_shards.py --layout ucf101 --root "$DATA/ucf101" --out "$SHARDS/ucf101" \
-    --label-fraction 0.2 --val-fraction 0.6 "${SHARD_ARGS[@]}"
-$PY tools/make_shards.py --layout hmdb51 --root "$DATA/hmdb51" --out "$SHARDS/hmdb51" \
-    --label-fraction 0.3 --val-fraction 0.5 "${SHARD_ARGS[@]}"
-$PY tools/make_shards.py --layout ssv2 --root "$DATA/ssv2" --out "$SHARDS/ssv2" \
-    --label-fraction 0.2 --val-fraction 0.6 "${SHARD_ARGS[@]}"
+for dataset in ucf101 hmdb51 ssv2; do
+  $PY tools/make_shards.py --layout "$dataset" --root "$DATA/$dataset" --out "$SHARDS/$dataset" \
+      --label-fraction 0.3 --val-fraction 0.5 "${SHARD_ARGS[@]}"
+done
 
 OVERRIDES=(name=synthetic_demo_seed$SEED)
 for dataset in kinetics400 ucf101 hmdb51 ssv2; do
