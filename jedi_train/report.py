@@ -31,6 +31,8 @@ def evaluate_all(config: RunConfig, accelerator: Accelerator, streams: Streams,
     device = accelerator.device
     arms = {arm: {key: model.to(device).eval() for key, model in load_selected(config, infos, arm).items()}
             for arm in ARMS if variant_path(config, arm).is_file()}
+    final = {arm: {key: model.to(device).eval() for key, model in load_selected(config, infos, arm, "final").items()}
+             for arm in arms}
     metrics: dict = {}
     predictions: dict = {}
     for name, info in infos.items():
@@ -39,6 +41,9 @@ def evaluate_all(config: RunConfig, accelerator: Accelerator, streams: Streams,
         for arm, selected in arms.items():
             models[f"{arm}_student"] = memo.student(selected[f"{name}/student"], name)
             models[f"{arm}_teacher"] = memo.teacher(selected[f"{name}/teacher"], name)
+        for arm, at_end in final.items():  # the same arms at the end of the fixed schedule, no selection
+            models[f"{arm}_student_final"] = memo.student(at_end[f"{name}/student"], name)
+            models[f"{arm}_teacher_final"] = memo.teacher(at_end[f"{name}/teacher"], name)
         metrics[name] = {model: {"chance": 100.0 / len(info.classes)} for model in models}
         predictions[name] = {}
         for view, multi_view in (("single_clip", False), ("multi_view", True)):
@@ -84,11 +89,11 @@ MODEL_ORDER = ["expert", "supervised_student", "self_training_student", "self_tr
                "jedi_teacher", "jedi_no_foreign_grad_student", "jedi_no_foreign_grad_teacher"]
 
 
-def format_table(metrics: dict, view: str) -> str:
-    present = [m for m in MODEL_ORDER if all(m in metrics[d] for d in metrics)]
+def format_table(metrics: dict, view: str, order: list[str] = MODEL_ORDER, title: str = "") -> str:
+    present = [m for m in order if all(m in metrics[d] for d in metrics)]
     width = max(len(m) for m in present) + 2
     header = f"{'dataset':<14}" + "".join(f"{m:>{width}}" for m in present)
-    lines = [f"test top-1 / top-5 ({view.replace('_', '-')})", header]
+    lines = [f"test top-1 / top-5 ({view.replace('_', '-')}){title}", header]
     for dataset, per_model in metrics.items():
         cells = "".join(f"{per_model[m][view]['top1']:>{width - 8}.1f} / {per_model[m][view]['top5']:5.1f}"
                         for m in present)
@@ -128,4 +133,7 @@ def write_report(config: RunConfig, metrics: dict, predictions: dict, extra: dic
     (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, **extra}, indent=2))
     (run_dir / "predictions.json").write_text(json.dumps(predictions))
     save_chart(metrics, "single_clip", run_dir / "results.png")
-    return format_table(metrics, "single_clip") + "\n\n" + format_table(metrics, "multi_view")
+    final = ["expert"] + [f"{m}_final" for m in MODEL_ORDER[1:]]
+    return "\n\n".join([format_table(metrics, "single_clip", title=": each dataset's model at its best val epoch"),
+                        format_table(metrics, "single_clip", final, ": at the end of the schedule"),
+                        format_table(metrics, "multi_view", title=": best val epoch")])

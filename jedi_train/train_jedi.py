@@ -61,13 +61,21 @@ def selection_keys(names: list[str]) -> list[str]:
     return [f"{name}/{role}" for name in names for role in ROLES]
 
 
-def load_selected(config: RunConfig, infos: dict[str, DatasetInfo], variant: str) -> dict[str, JediModel]:
+def load_selected(config: RunConfig, infos: dict[str, DatasetInfo], variant: str,
+                  at: str = "best") -> dict[str, JediModel]:
     """`<dataset>/<role>` -> the arm's model at that dataset's and role's best validation epoch (models of
-    the same epoch are one object)."""
+    the same epoch are one object); `at="final"`: every model at the end of the schedule (no selection)."""
     path = variant_path(config, variant)
     if not path.is_file():
         raise FileNotFoundError(f"{variant} checkpoint {path} is missing: run stage=jedi first")
     saved = torch.load(path, map_location="cpu", weights_only=True)
+    if at == "final":
+        if "final" not in saved:
+            raise FileNotFoundError(f"{path} holds no final weights (written before they were saved): retrain "
+                                    f"the arm (delete {path.parent} and run stage=jedi)")
+        model = build_jedi_model(config, infos, variant)
+        model.load_state_dict(saved["final"])
+        return {key: model for key in saved["selection"]}
     models = {}
     for epoch, state in saved["states"].items():
         models[epoch] = build_jedi_model(config, infos, variant)
@@ -235,7 +243,8 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
         path = variant_path(config, variant)
         path.parent.mkdir(parents=True, exist_ok=True)
         selection = {key: entry["epoch"] for key, entry in progress.best["selection"].items()}
-        torch.save({"selection": selection, "states": best_states}, path.with_suffix(".tmp"))
+        torch.save({"selection": selection, "states": best_states, "final": core.state_dict()},
+                   path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
         (path.parent / "best_val.json").write_text(json.dumps(progress.best | {
             "skipped_samples": progress.skipped_samples}, indent=2))

@@ -18,7 +18,7 @@ from jedi_train.run import main
 from jedi_train.train_experts import load_expert
 from pipeline.contract import to_model_input
 
-MODELS = {"expert", *(f"{arm}_{role}" for arm in ARMS for role in ("student", "teacher"))}
+MODELS = {"expert", *(f"{arm}_{role}{at}" for arm in ARMS for role in ("student", "teacher") for at in ("", "_final"))}
 
 
 def main_one_thread(args: list[str]) -> int:

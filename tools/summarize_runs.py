@@ -21,12 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS = ["expert", "supervised_student", "self_training_student", "self_training_teacher", "jedi_student",
-          "jedi_teacher", "jedi_no_foreign_grad_student", "jedi_no_foreign_grad_teacher"]
+ARM_MODELS = ["supervised_student", "self_training_student", "self_training_teacher", "jedi_student",
+              "jedi_teacher", "jedi_no_foreign_grad_student", "jedi_no_foreign_grad_teacher"]
+# each arm's models at their best val epoch, then at the end of the schedule (`_final`)
+MODELS = ["expert", *ARM_MODELS, *(f"{m}_final" for m in ARM_MODELS)]
 # (a, b): is a better than b? The first is JEDI's claim.
-COMPARISONS = [("jedi_student", "self_training_student"), ("jedi_teacher", "self_training_teacher"),
-               ("jedi_student", "supervised_student"), ("jedi_student", "expert"),
-               ("self_training_student", "expert"), ("jedi_no_foreign_grad_student", "jedi_student")]
+_PAIRS = [("jedi_student", "self_training_student"), ("jedi_teacher", "self_training_teacher"),
+          ("jedi_student", "supervised_student"), ("jedi_student", "expert"),
+          ("self_training_student", "expert"), ("jedi_no_foreign_grad_student", "jedi_student")]
+COMPARISONS = _PAIRS + [(f"{a}_final", b if b == "expert" else f"{b}_final") for a, b in _PAIRS]
 
 
 def load_run(run: Path) -> dict:
@@ -105,13 +108,20 @@ def summarize(runs: list[dict], view: str, samples: int, alpha: float) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    models, seeds = summary["models"], summary["seeds"]
-    width = max(len(m) for m in models) + 2
-    lines = [f"test top-1 ({summary['view']}), mean ± population std over {len(seeds)} seeds ({', '.join(map(str, seeds))})",
-             f"{'dataset':<12}" + "".join(f"{m:>{width}}" for m in models)]
-    for row, cells in summary["table"].items():
-        lines.append(f"{row:<12}" + "".join(f"{cells[m]['mean']:>{width - 7}.1f} ± {cells[m]['std']:4.1f}" for m in models))
-    lines.append("")
+    seeds = summary["seeds"]
+    lines = []
+    for title, models in (("each dataset's model at its best val epoch",
+                           [m for m in summary["models"] if not m.endswith("_final")]),
+                          ("at the end of the schedule", ["expert"] + [m for m in summary["models"] if m.endswith("_final")])):
+        if len(models) < 2:
+            continue
+        width = max(len(m) for m in models) + 2
+        lines += [f"test top-1 ({summary['view']}), {title}: mean ± population std over {len(seeds)} seeds "
+                  f"({', '.join(map(str, seeds))})", f"{'dataset':<12}" + "".join(f"{m:>{width}}" for m in models)]
+        for row, cells in summary["table"].items():
+            lines.append(f"{row:<12}" + "".join(f"{cells[m]['mean']:>{width - 7}.1f} ± {cells[m]['std']:4.1f}"
+                                                 for m in models))
+        lines.append("")
     lines.append(f"paired comparisons (four-dataset mean, points; McNemar per seed on all test clips; paired "
                  f"bootstrap over seeds and clips, {summary['bootstrap_samples']} draws):")
     for t in summary["tests"]:
