@@ -196,8 +196,9 @@ def test_cache_features_tool_two_processes_then_refuses_other_weights(setup, tmp
         "attributes"]["weights_fingerprint"]
     before = fingerprint()
     torch.manual_seed(2)  # the experts change: the cache on disk no longer fits them
-    save_expert(expert_path(config, "ssv2"), Expert(build_backbone("x3d_tiny", "batchnorm"), len(infos["ssv2"].classes)),
-                infos["ssv2"], "x3d_tiny", 0.0)
+    backbone = config.datasets["ssv2"].backbone
+    save_expert(expert_path(config, "ssv2"), Expert(build_backbone(backbone, config.model.norm),
+                                                    len(infos["ssv2"].classes)), infos["ssv2"], backbone, 0.0)
     single = [*overrides, "--out", str(out), "--chunk-rows", "4"]
     assert cache_features_main(single) == 1
     assert "stale feature cache" in capsys.readouterr().err
