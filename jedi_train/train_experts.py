@@ -71,6 +71,7 @@ def train_expert(config: RunConfig, accelerator: Accelerator, streams: Streams, 
     optimizer = torch.optim.AdamW(expert.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
                                                     pct_start=0.1)
+    accelerator.free_memory()  # forget earlier stages' models: a checkpoint holds this expert only, as a resume expects
     expert, optimizer, scheduler = accelerator.prepare(expert, optimizer, scheduler)
     core = accelerator.unwrap_model(expert)
     checkpointer = Checkpointer(accelerator, config.run_dir / "experts" / "checkpoints" / info.name,

@@ -136,6 +136,7 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.1)
+    accelerator.free_memory()  # forget earlier stages' models: a checkpoint holds this arm only, as a resume expects
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core = accelerator.unwrap_model(model)
     arm = ARMS[variant]

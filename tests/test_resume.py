@@ -166,3 +166,18 @@ def test_corrupt_samples_are_skipped_and_counted(tiny_shards, tmp_path):
     progress = json.loads((checkpoints[-1] / "progress.json").read_text())
     for epoch, keys in progress["skipped_samples"].items():
         assert keys == corrupt_keys, (epoch, keys)
+
+
+def test_an_expert_resumes_after_other_experts_of_the_same_process(experts_dir, tiny_shards, tmp_path):
+    """The experts were trained one after another in one process; each checkpoint holds that expert alone,
+    so a run killed during the second expert resumes it after the first one is kept from disk."""
+    assert sorted(p.name for p in latest_checkpoint(experts_dir / "checkpoints" / "ssv2").glob("model*")) == [
+        "model.safetensors"]
+    shutil.copytree(experts_dir, tmp_path / "tiny" / "experts")
+    (tmp_path / "tiny" / "experts" / "ssv2.pt").unlink()  # as if killed during ssv2's last epoch
+    result = subprocess.run([sys.executable, "jedi_train/run.py", *tiny_run_args(tiny_shards, tmp_path, NAMES),
+                             "stage=experts", "--resume"], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "expert ucf101: already trained" in result.stdout and "expert ssv2: resumed from" in result.stdout
+    assert (tmp_path / "tiny" / "experts" / "ssv2.pt").is_file()
