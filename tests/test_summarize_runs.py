@@ -28,7 +28,8 @@ def write_run(folder, seed, accuracy_of, clips=60, datasets=("kinetics400", "ucf
 def test_a_clear_gap_is_significant_and_no_gap_is_not(tmp_path, capsys):
     accuracy = lambda model: 0.9 if model == "jedi_student" else 0.5  # noqa: E731
     runs = [write_run(tmp_path / f"seed{s}", s, accuracy) for s in range(3)]
-    summary = main([str(r) for r in runs] + ["--bootstrap", "300"])
+    summary = main([str(r) for r in runs] + ["--bootstrap", "300", "--json", str(tmp_path / "summary.json")])
+    assert json.loads((tmp_path / "summary.json").read_text())["tests"][0]["significant"] is True
     tests = {(t["a"], t["b"]): t for t in summary["tests"]}
     gap = tests[("jedi_student", "self_training_student")]
     assert gap["significant"] and gap["a_wins_every_seed"] and 30 < gap["mean_difference"] < 50

@@ -98,11 +98,12 @@ def summarize(runs: list[dict], view: str, samples: int, alpha: float) -> dict:
             only_a, only_b, p = mcnemar_exact(np.concatenate(list(va.values())), np.concatenate(list(vb.values())))
             mcnemar.append({"seed": run["seed"], "only_a": only_a, "only_b": only_b, "p": p})
         draws = paired_bootstrap(diffs, samples, seed=0)
-        p_boot = min(1.0, 2 * min((draws <= 0).mean(), (draws >= 0).mean()))
+        # two-sided, with the +1 correction: never 0 from a finite number of draws
+        p_boot = float(min(1.0, 2 * (min((draws <= 0).sum(), (draws >= 0).sum()) + 1) / (samples + 1)))
         tests.append({"a": a, "b": b, "mean_difference": statistics.mean(per_seed), "per_seed": per_seed,
                       "a_wins_every_seed": all(x > 0 for x in per_seed), "mcnemar": mcnemar,
                       "bootstrap_ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
-                      "bootstrap_p": p_boot, "significant": p_boot < alpha})
+                      "bootstrap_p": p_boot, "significant": bool(p_boot < alpha)})
     return {"view": view, "seeds": [r["seed"] for r in runs], "models": models, "table": table, "tests": tests,
             "alpha": alpha, "bootstrap_samples": samples}
 
