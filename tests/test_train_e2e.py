@@ -75,6 +75,8 @@ def test_first_jedi_loss_is_recomputed_from_the_experts(tiny_run, tiny_shards):
             teacher = expert(to_model_input(unlabelled["video"])).softmax(1)
             student = expert(to_model_input(unlabelled["strong_video"])).log_softmax(1)
             expected += 2 * supervised.item() + F.kl_div(student, teacher, reduction="batchmean").item()
+    print(f"first JEDI loss {steps[0]['loss']:.7f}, recomputed {expected:.7f}, difference "
+          f"{abs(steps[0]['loss'] - expected):.2e}")
     assert steps[0]["loss"] == pytest.approx(expected, abs=1e-4, rel=1e-5)
     assert all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)
 
