@@ -120,6 +120,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin is Literal:
         allowed = typing.get_args(annotation)
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):  # YAML reads a bare on / off as a boolean
+            value = "on" if value else "off"
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
         return value

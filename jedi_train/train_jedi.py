@@ -28,6 +28,7 @@ from jedi_train.meter import StepMeter
 from jedi_train.train_experts import load_expert
 from pipeline.contract import to_model_input
 
+
 def teacher_cache_dir(config: RunConfig, variant: str) -> Path:
     root = Path(config.jedi.teacher_cache_dir) if config.jedi.teacher_cache_dir else config.run_dir / "feature_cache"
     return root / variant

@@ -60,3 +60,15 @@ def test_foreign_gradient_warmup_is_a_ramp():
     config = load_config(None, BASE + ["jedi.foreign_grad_scale=0.5", "jedi.foreign_grad_warmup_steps=10"])
     assert [foreign_scale(config, "jedi", step) for step in (0, 5, 10, 20)] == [0.0, 0.25, 0.5, 0.5]
     assert foreign_scale(config, "jedi_no_foreign_grad", 20) == 0.0 and foreign_scale(config, "self_training", 20) == 0.0
+
+
+def test_time_reversal_is_off_unless_asked_and_refused_where_it_changes_labels(tiny_shards):
+    from jedi_train.config import ConfigError
+    from jedi_train.data import dataset_infos
+    shards = [f"datasets.{name}.shards={tiny_shards[name]}" for name in ("ucf101", "ssv2")]
+    infos = dataset_infos(load_config(None, shards))
+    assert not infos["ucf101"].manifest.time_reversal_changes_label  # the manifest does not forbid it ...
+    assert not infos["ucf101"].time_reversal and not infos["ssv2"].time_reversal  # ... yet auto is off
+    assert dataset_infos(load_config(None, shards + ["datasets.ucf101.time_reversal=on"]))["ucf101"].time_reversal
+    with pytest.raises(ConfigError, match="datasets.ssv2.time_reversal=on"):
+        dataset_infos(load_config(None, shards + ["datasets.ssv2.time_reversal=on"]))
