@@ -261,7 +261,7 @@ def keys_digest(batches: dict[str, dict]) -> str:
 
 class StepLog:
     """One JSON line per optimiser step (main process): the loss and a fingerprint of the batches' sample
-    keys, the record that golden-loss, resume and same-batches tests read."""
+    keys, the record that the first-loss, resume and same-batches tests read."""
 
     def __init__(self, path: Path, accelerator: Accelerator, resume_step: int):
         self.path = path if accelerator.is_main_process else None

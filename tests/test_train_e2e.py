@@ -22,7 +22,7 @@ MODELS = {"expert", *(f"{arm}_{role}{at}" for arm in ARMS for role in ("student"
 
 
 def main_one_thread(args: list[str]) -> int:
-    """The trainer in this process with one torch thread, as the golden losses were recorded."""
+    """The trainer in this process with one torch thread (no oversubscription of the two cores)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
