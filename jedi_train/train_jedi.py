@@ -151,8 +151,7 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
                           f"step {progress.step_in_epoch} of {cfg.steps_per_epoch}")
     else:  # epoch -1: the experts, the start of every arm
         scores = validate(core, streams, accelerator)
-        progress = Progress(best={"selection": {key: {"epoch": -1, "top1": scores[key]} for key in selection_keys(names)},
-                                  "last_improved_epoch": -1})
+        progress = Progress(best={"selection": {key: {"epoch": -1, "top1": scores[key]} for key in selection_keys(names)}})
         best_states = {"-1": copy.deepcopy(core.state_dict())}
         accelerator.print(f"[{variant}] start: mean val top-1 student {scores['mean_student']:.1f}, "
                           f"teacher {scores['mean_teacher']:.1f}")
@@ -228,14 +227,13 @@ def train_jedi(config: RunConfig, accelerator: Accelerator, streams: Streams, in
         accelerator.log({f"{variant}/val/{k}": v for k, v in scores.items()} | {f"{variant}/skipped": skipped},
                         step=progress.step)
         improved = select_best(progress, best_states, scores, epoch, core.state_dict())
-        if improved:
-            progress.best["last_improved_epoch"] = epoch
         accelerator.print(f"[{variant}] epoch {epoch + 1}/{cfg.epochs}: mean val top-1 student "
                           f"{scores['mean_student']:.1f}, teacher {scores['mean_teacher']:.1f}; improved: "
                           f"{', '.join(improved) or 'none'}; {skipped} corrupt samples skipped"
                           + (f" {skipped_keys[:5]}" if skipped else ""))
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
-        if epoch - progress.best["last_improved_epoch"] >= cfg.patience:
+        last_improved = max(entry["epoch"] for entry in progress.best["selection"].values())
+        if epoch - last_improved >= cfg.patience:
             accelerator.print(f"[{variant}] early stop: no dataset's student or teacher improved for {cfg.patience} epochs")
             progress.finished = True
         checkpointer.save(progress, best_states)
