@@ -28,14 +28,13 @@ def evaluate_models(logits_fns: dict[str, LogitsFn], batches, accelerator: Accel
         labels = batch["label"].to(device)
         b, v = video.shape[:2]
         clips = to_model_input(video.flatten(0, 1))
-        for i, logits_fn in enumerate(logits_fns.values()):
+        for i, (name, logits_fn) in enumerate(logits_fns.items()):
             probs = logits_fn(clips).float().softmax(dim=1).view(b, v, -1).mean(dim=1)
             top = probs.topk(min(5, probs.shape[1]), dim=1).indices
             sums[i, 0] += (top[:, 0] == labels).sum()
             sums[i, 1] += (top == labels[:, None]).any(dim=1).sum()
             sums[i, 2] += b
             if predictions:
-                name = list(logits_fns)[i]
                 for key, guess, label in zip(batch["key"], top[:, 0].tolist(), labels.tolist()):
                     predicted[name][key] = [guess, label]
     sums = accelerator.reduce(sums, reduction="sum")
