@@ -22,12 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from jedi_train.arms import ARMS
 from jedi_train.config import RunConfig
 from jedi_train.data import DatasetInfo, clip_spec
 from jedi_train.models import build_backbone
 from jedi_train.train_experts import load_expert
-from jedi_train.train_jedi import load_selected, variant_path
+from jedi_train.methods import METHODS
+from jedi_train.train_methods import load_selected, method_path
 from pipeline.contract import MEAN, STD, ClipSpec
 
 FORMAT_VERSION = 1
@@ -139,29 +139,30 @@ def bundle_meta(config: RunConfig, info: DatasetInfo, model_name: str, sources: 
 
 
 def write_run_bundles(config: RunConfig, infos: dict[str, DatasetInfo], out_dir: Path | None = None) -> list[Path]:
-    """Bundles of the expert and every trained arm's student and teacher of each dataset, each at its own
-    best validation epoch; returns their folders. Arms without a checkpoint are left out."""
+    """Bundles of the expert and of every trained method's models of each dataset, each at its own best
+    validation epoch; returns their folders. Methods without a checkpoint are left out, and so are models
+    that are not `head(concat(backbones(clips)))` (their method's `bundle_parts` says None)."""
     out_dir = out_dir or config.run_dir / "bundles"
     written = []
-    arms = {}
-    for arm in ARMS:
-        path = variant_path(config, arm)
+    methods = {}
+    for method in METHODS:
+        path = method_path(config, method)
         if path.is_file():
             selection = torch.load(path, map_location="cpu", weights_only=True)["selection"]
-            arms[arm] = (load_selected(config, infos, arm), selection)
+            methods[method] = (load_selected(config, infos, method), selection)
     for name, info in infos.items():
         expert = load_expert(config, info)
         model = BundleModel([expert.backbone], expert.head)
         written.append(write_bundle(out_dir / name / "expert", model,
                                     bundle_meta(config, info, "expert", [name], expert.head, [expert.backbone], None)))
-        for arm, (selected, selection) in arms.items():
-            for role in ("student", "teacher"):
-                jedi = selected[f"{name}/{role}"]
-                sources = [name] if role == "student" else jedi.teacher_sources(name)
-                head = jedi.student_heads[name] if role == "student" else jedi.teacher_heads[name]
-                backbones = [jedi.backbones[source] for source in sources]
-                meta = bundle_meta(config, info, f"{arm}_{role}", sources, head, backbones,
+        for method, (selected, selection) in methods.items():
+            for role in selected[f"{name}/student"].shown_roles:
+                parts = selected[f"{name}/{role}"].bundle_parts(name, role)
+                if parts is None:
+                    continue
+                sources, backbones, head = parts
+                meta = bundle_meta(config, info, f"{method}_{role}", sources, head, backbones,
                                    int(selection[f"{name}/{role}"]))
-                meta["source"]["arm"] = arm
-                written.append(write_bundle(out_dir / name / f"{arm}_{role}", BundleModel(backbones, head), meta))
+                meta["source"]["method"] = method
+                written.append(write_bundle(out_dir / name / f"{method}_{role}", BundleModel(backbones, head), meta))
     return written

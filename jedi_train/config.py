@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
-from jedi_train.arms import parse_arms
+from jedi_train.methods import jedi as jedi_method
+from jedi_train.methods import parse_methods
 
 
 class ConfigError(ValueError):
@@ -71,26 +72,13 @@ class ExpertsConfig:
 
 
 @dataclass
-class JediConfig:
+class ScheduleConfig:
+    """The joint stage's budget, the same for every method (stage=methods): steps, learning rate, selection."""
     epochs: int = 15
     steps_per_epoch: int = 20
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = 6
-    teacher_init: Literal["expert", "fit"] = "expert"  # fit: logistic regression on labelled features
-    distillation: Literal["soft", "hard"] = "soft"
-    temperature: float = 1.0
-    threshold: float = 0.8  # hard pseudo-labels: minimum teacher confidence
-    distill_weight: float = 1.0  # lambda
-    foreign_grad_scale: float = 1.0  # gradient of teacher losses into backbones j != d; 0 freezes
-    foreign_grad_warmup_steps: int = 0  # foreign path ramps linearly from 0 to foreign_grad_scale over these steps
-    arms: str = "jedi,self_training,supervised,jedi_no_foreign_grad"  # comma-separated, see jedi_train/arms.py
-    teacher_cache: bool = False  # cached-teacher mode: unlabelled targets from a zarr feature cache
-    teacher_cache_refresh_epochs: int = 1  # K: refill the cache with the current weights every K epochs
-    teacher_cache_labelled: bool = False  # also serve foreign backbones' labelled features from a cache (fgs=0)
-    teacher_cache_dir: str = ""  # default <run_dir>/feature_cache/<variant> (where tools/cache_features.py writes)
-    teacher_fit_steps: int = 300  # teacher_init=fit: L-BFGS iterations
-    teacher_fit_weight_decay: float = 1e-3
+    patience: int = 6  # epochs without any dataset's model improving on val before stopping
 
 
 @dataclass
@@ -98,7 +86,10 @@ class RunConfig:
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 0
-    stage: Literal["experts", "probe", "jedi", "eval", "all"] = "all"  # probe: the premise check
+    stage: Literal["experts", "probe", "methods", "jedi", "eval", "all"] = "all"  # probe: the premise check;
+    # methods: train every method of `methods` from the experts (jedi: the same, its older name)
+    methods: str = "jedi,self_training,supervised,jedi_no_foreign_grad"  # comma-separated, jedi_train/methods/
+    method: str = ""  # one method: trains this one instead of the list in `methods`
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = 10
     checkpoint_every: int = 50  # optimiser steps between checkpoints (and one at every epoch end)
@@ -109,11 +100,17 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
-    jedi: JediConfig = field(default_factory=JediConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    jedi: jedi_method.Config = field(default_factory=jedi_method.Config)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def method_names(self) -> list[str]:
+        """The methods the joint stage trains, in order: `method` when set, else the list in `methods`."""
+        return parse_methods(self.method or self.methods)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -168,6 +165,10 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
+    moved = {("jedi.", name): f"schedule.{name}" for name in ("epochs", "steps_per_epoch", "lr", "weight_decay",
+                                                               "patience")} | {("jedi.", "arms"): "methods"}
+    if unknown and (prefix, unknown[0]) in moved:
+        raise ConfigError(f"config key {prefix}{unknown[0]} moved to {moved[(prefix, unknown[0])]}")
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]}; valid keys under "
                           f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}")
@@ -197,7 +198,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. jedi.epochs=5)")
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. schedule.epochs=5)")
         key, raw_value = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw_value)
     config = build(RunConfig, tree)
@@ -207,9 +208,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not dataset.shards:
             raise ConfigError(f"datasets.{name}.shards is not set: give the shard directory of {name}")
     try:
-        parse_arms(config.jedi.arms)
+        config.method_names
     except ValueError as error:
-        raise ConfigError(str(error)) from None
+        raise ConfigError(str(error).replace("methods=", "method=" if config.method else "methods=", 1)) from None
     if config.jedi.teacher_cache_labelled and not (config.jedi.teacher_cache and config.jedi.foreign_grad_scale == 0):
         raise ConfigError("jedi.teacher_cache_labelled=true needs jedi.teacher_cache=true and jedi.foreign_grad_scale=0 "
                           f"(got teacher_cache={config.jedi.teacher_cache}, foreign_grad_scale="

@@ -5,7 +5,7 @@ features z(x) = concat(f_1(x), ..., f_N(x)). Read it next to ../shared/METHOD.md
 every clip goes through every backbone once, and each loss term keeps the name the method gives it.
 With `teacher_inputs="own"` the same code is the self-training control (teacher reads f_d only): both
 arms learn from unlabelled clips FixMatch-style, the teacher on the weak view, the student on the strong
-view, and differ only in what the teacher reads (jedi_train/arms.py lists the arms).
+view, and differ only in what the teacher reads (jedi_train/methods/jedi.py lists the arms).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from jedi_train.cached_teacher import linear_probe, refresh_teacher_cache
 from jedi_train.config import RunConfig
 from jedi_train.data import DatasetInfo, Streams
 from jedi_train.jedi import JediModel
-from jedi_train.train_jedi import build_jedi_model
+from jedi_train.train_methods import build_from_experts
 from pipeline.feature_cache import FeatureCache
 
 
@@ -44,7 +44,7 @@ def premise_check(config: RunConfig, accelerator: Accelerator, streams: Streams,
                   infos: dict[str, DatasetInfo]) -> dict[str, dict]:
     """The experts as a JEDI model whose teachers read all backbones: cache their features of the labelled and test splits (<run_dir>/feature_cache/premise), fit
     the probes on rank 0 and print the table. Returns the probe scores (on every rank)."""
-    model = build_jedi_model(config, infos, "jedi").to(accelerator.device)
+    model = build_from_experts(config, infos, "jedi").to(accelerator.device)
     cache_dir = config.run_dir / "feature_cache" / "premise"
     train = refresh_teacher_cache(model, streams, accelerator, cache_dir, split="labelled", resident=False)
     test = refresh_teacher_cache(model, streams, accelerator, cache_dir, split="test", resident=False)

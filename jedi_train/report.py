@@ -1,5 +1,5 @@
-"""Stage `eval`: top-1 / top-5 on each dataset's test split for the expert and every arm's student and
-teacher; single-clip and multi-view. Writes metrics.json, predictions.json (per-clip top-1, for paired
+"""Stage `eval`: top-1 / top-5 on each dataset's test split for the expert and every trained method's
+models (`<method>_<role>`); single-clip and multi-view. Writes metrics.json, predictions.json (per-clip top-1, for paired
 tests across arms and seeds), prints the table and saves a bar chart."""
 from __future__ import annotations
 
@@ -15,35 +15,42 @@ from accelerate import Accelerator  # noqa: E402
 
 from jedi_train.config import RunConfig  # noqa: E402
 from jedi_train.data import DatasetInfo, Streams  # noqa: E402
-from jedi_train.arms import ARMS  # noqa: E402
 from jedi_train.evaluate import evaluate_models  # noqa: E402
-from jedi_train.jedi import JediModel  # noqa: E402
+from jedi_train.methods import METHODS  # noqa: E402
+from jedi_train.methods.base import FeatureMemo  # noqa: E402
 from jedi_train.train_experts import load_expert  # noqa: E402
-from jedi_train.train_jedi import load_selected, variant_path  # noqa: E402
+from jedi_train.train_methods import load_selected, method_path  # noqa: E402
+
+
+def trained_methods(config: RunConfig) -> list[str]:
+    """Methods with a finished checkpoint in this run, in the registry's order."""
+    return [name for name in METHODS if method_path(config, name).is_file()]
 
 
 def evaluate_all(config: RunConfig, accelerator: Accelerator, streams: Streams,
                  infos: dict[str, DatasetInfo]) -> tuple[dict, dict]:
     """Every model on every test split, each batch decoded once for all models. Returns (metrics,
     predictions): metrics[dataset][model][view] = {top1, top5, clips}; predictions[dataset][view][model]
-    = {sample key: [top-1 class, label]}. Models: expert, then `<arm>_student` and `<arm>_teacher` for each
-    arm whose checkpoint exists, each at its own dataset's best validation epoch."""
+    = {sample key: [top-1 class, label]}. Models: expert, then `<method>_<role>` for each trained method
+    (each at its own dataset's best validation epoch) and `<method>_<role>_final` (at the end of the
+    schedule, no selection)."""
     device = accelerator.device
-    arms = {arm: {key: model.to(device).eval() for key, model in load_selected(config, infos, arm).items()}
-            for arm in ARMS if variant_path(config, arm).is_file()}
-    final = {arm: {key: model.to(device).eval() for key, model in load_selected(config, infos, arm, "final").items()}
-             for arm in arms}
+    methods = trained_methods(config)
+    selected = {m: {key: model.to(device).eval() for key, model in load_selected(config, infos, m).items()}
+                for m in methods}
+    final = {m: {key: model.to(device).eval() for key, model in load_selected(config, infos, m, "final").items()}
+             for m in methods}
     metrics: dict = {}
     predictions: dict = {}
     for name, info in infos.items():
         models = {"expert": load_expert(config, info).to(device).eval()}
         memo = FeatureMemo()
-        for arm, selected in arms.items():
-            models[f"{arm}_student"] = memo.student(selected[f"{name}/student"], name)
-            models[f"{arm}_teacher"] = memo.teacher(selected[f"{name}/teacher"], name)
-        for arm, at_end in final.items():  # the same arms at the end of the fixed schedule, no selection
-            models[f"{arm}_student_final"] = memo.student(at_end[f"{name}/student"], name)
-            models[f"{arm}_teacher_final"] = memo.teacher(at_end[f"{name}/teacher"], name)
+        for method, at_best in selected.items():
+            for role in at_best[f"{name}/student"].shown_roles:
+                models[f"{method}_{role}"] = at_best[f"{name}/{role}"].logits(name, role, memo)
+        for method, at_end in final.items():
+            for role in at_end[f"{name}/student"].shown_roles:
+                models[f"{method}_{role}_final"] = at_end[f"{name}/{role}"].logits(name, role, memo)
         metrics[name] = {model: {"chance": 100.0 / len(info.classes)} for model in models}
         predictions[name] = {}
         for view, multi_view in (("single_clip", False), ("multi_view", True)):
@@ -60,36 +67,14 @@ def evaluate_all(config: RunConfig, accelerator: Accelerator, streams: Streams,
     return metrics, predictions
 
 
-class FeatureMemo:
-    """Logits functions that share backbone passes: within one batch, each (model, backbone) runs once, so
-    a student and a teacher selected at the same epoch, or two teachers reading the same backbones, cost
-    one pass per backbone instead of one per model."""
-
-    def __init__(self):
-        self.clips, self.features = None, {}
-
-    def _features(self, model: JediModel, j: str, clips):
-        if clips is not self.clips:
-            self.clips, self.features = clips, {}
-        key = (id(model), j)
-        if key not in self.features:
-            self.features[key] = model.backbones[j](clips)
-        return self.features[key]
-
-    def student(self, model: JediModel, d: str):
-        return lambda clips: model.student_heads[d](self._features(model, d, clips))
-
-    def teacher(self, model: JediModel, d: str):
-        return lambda clips: model.teacher_heads[d](
-            torch.cat([self._features(model, j, clips) for j in model.teacher_sources(d)], dim=1))
+def model_order(metrics: dict, final: bool = False) -> list[str]:
+    """Table columns: the expert, then each method's models in training order (`_final` ones with `final`)."""
+    names = list(next(iter(metrics.values())))
+    return ["expert"] + [m for m in names[1:] if m.endswith("_final") == final]
 
 
-# expert first, then each arm's student and teacher (the supervised arm's teacher is not a method: no column)
-MODEL_ORDER = ["expert", "supervised_student", "self_training_student", "self_training_teacher", "jedi_student",
-               "jedi_teacher", "jedi_no_foreign_grad_student", "jedi_no_foreign_grad_teacher"]
-
-
-def format_table(metrics: dict, view: str, order: list[str] = MODEL_ORDER, title: str = "") -> str:
+def format_table(metrics: dict, view: str, order: list[str] | None = None, title: str = "") -> str:
+    order = order or model_order(metrics)
     present = [m for m in order if all(m in metrics[d] for d in metrics)]
     width = max(len(m) for m in present) + 2
     header = f"{'dataset':<14}" + "".join(f"{m:>{width}}" for m in present)
@@ -106,7 +91,7 @@ def format_table(metrics: dict, view: str, order: list[str] = MODEL_ORDER, title
 
 def save_chart(metrics: dict, view: str, path: Path) -> None:
     datasets = list(metrics)
-    present = [m for m in MODEL_ORDER if all(m in metrics[d] for d in datasets)]
+    present = [m for m in model_order(metrics) if all(m in metrics[d] for d in datasets)]
     width = 0.8 / max(len(present), 1)
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(datasets), 4))
     for i, model_name in enumerate(present):
@@ -133,7 +118,7 @@ def write_report(config: RunConfig, metrics: dict, predictions: dict, extra: dic
     (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, **extra}, indent=2))
     (run_dir / "predictions.json").write_text(json.dumps(predictions))
     save_chart(metrics, "single_clip", run_dir / "results.png")
-    final = ["expert"] + [f"{m}_final" for m in MODEL_ORDER[1:]]
+    final = model_order(metrics, final=True)
     return "\n\n".join([format_table(metrics, "single_clip", title=": each dataset's model at its best val epoch"),
                         format_table(metrics, "single_clip", final, ": at the end of the schedule"),
                         format_table(metrics, "multi_view", title=": best val epoch")])

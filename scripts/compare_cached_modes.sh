@@ -27,7 +27,7 @@ for mode in full full_fgs0 cached cached_all; do
   # --resume keeps the copied experts; stage=all then trains the JEDI variant and evaluates
   # shellcheck disable=SC2086
   python jedi_train/run.py --resume --config configs/synthetic_demo.yaml output_dir="$OUT" name="$mode" \
-      jedi.arms=jedi ${MODES[$mode]} "$@" > "$OUT/$mode.log" 2>&1
+      methods=jedi ${MODES[$mode]} "$@" > "$OUT/$mode.log" 2>&1
   echo "$((SECONDS - start))" > "$OUT/$mode/wall_seconds"
   echo "$mode: $((SECONDS - start)) s"
 done

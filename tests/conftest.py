@@ -44,7 +44,7 @@ def tiny_shards(tiny_raw, tmp_path_factory) -> dict[str, Path]:
 def tiny_run_args(shards: dict[str, Path], output_dir: Path, names=None) -> list[str]:
     """Overrides for a seconds-long run of every stage on the tiny shards."""
     args = [f"output_dir={output_dir}", "name=tiny", "seed=0",
-            "experts.epochs=2", "jedi.epochs=2", "jedi.steps_per_epoch=3", "jedi.patience=5",
+            "experts.epochs=2", "schedule.epochs=2", "schedule.steps_per_epoch=3", "schedule.patience=5",
             "data.labelled_batch_size=4", "data.unlabelled_batch_size=4", "data.eval_batch_size=8",
             "data.num_workers=0", "clip.test_clips=2", "log_every=1"]
     for name in names or shards:

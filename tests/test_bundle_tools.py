@@ -30,7 +30,7 @@ NAMES = ["ucf101", "ssv2"]
 @pytest.fixture(scope="module")
 def bundle_run(tiny_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle_runs")
-    args = tiny_run_args(tiny_shards, out, names=NAMES) + ["jedi.arms=jedi", "experts.epochs=1", "jedi.epochs=1"]
+    args = tiny_run_args(tiny_shards, out, names=NAMES) + ["methods=jedi", "experts.epochs=1", "schedule.epochs=1"]
     from jedi_train.run import main
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

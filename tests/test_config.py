@@ -8,27 +8,30 @@ BASE = ["datasets.ucf.shards=shards/ucf"]
 
 
 def test_overrides_are_typed():
-    config = load_config(None, BASE + ["jedi.epochs=3", "jedi.temperature=2", "data.strong_view=true",
+    config = load_config(None, BASE + ["schedule.epochs=3", "jedi.temperature=2", "data.strong_view=true",
                                        "datasets.ucf.backbone=x3d_xs"])
-    assert config.jedi.epochs == 3 and isinstance(config.jedi.epochs, int)
+    assert config.schedule.epochs == 3 and isinstance(config.schedule.epochs, int)
     assert config.jedi.temperature == 2.0 and config.data.strong_view is True
     assert config.datasets["ucf"].backbone == "x3d_xs"
 
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("name: exp\njedi:\n  epochs: 4\ndatasets:\n  ucf: {shards: s/ucf}\n")
-    config = load_config(path, ["jedi.epochs=7"])
-    assert config.name == "exp" and config.jedi.epochs == 7
+    path.write_text("name: exp\nschedule:\n  epochs: 4\n  lr: 0.01\ndatasets:\n  ucf: {shards: s/ucf}\n")
+    config = load_config(path, ["schedule.epochs=7"])
+    assert config.name == "exp" and config.schedule.epochs == 7 and config.schedule.lr == 0.01
 
 
 @pytest.mark.parametrize("override, words", [
-    (["jedi.epoch=3"], ["jedi.epoch", "valid keys under jedi", "epochs"]),
+    (["jedi.temprature=3"], ["jedi.temprature", "valid keys under jedi", "temperature"]),
+    (["jedi.epochs=3"], ["jedi.epochs moved to schedule.epochs"]),
+    (["jedi.arms=jedi"], ["jedi.arms moved to methods"]),
     (["jedi.distillation=medium"], ["jedi.distillation='medium'", "soft, hard"]),
-    (["jedi.epochs=three"], ["jedi.epochs", "integer"]),
+    (["schedule.epochs=three"], ["schedule.epochs", "integer"]),
     (["datasets.ucf.backbone=resnet9"], ["datasets.ucf.backbone", "x3d_tiny"]),
-    (["stage=train"], ["stage", "experts, probe, jedi, eval, all"]),
-    (["jedi.arms=jedi,mean_teacher"], ["jedi.arms", "unknown arm mean_teacher", "self_training, supervised"]),
+    (["stage=train"], ["stage", "experts, probe, methods, jedi, eval, all"]),
+    (["methods=jedi,meen_teacher"], ["methods=", "unknown method meen_teacher", "self_training, supervised"]),
+    (["method=jedy"], ["method=", "unknown method jedy", "jedi_no_foreign_grad"]),
     (["loader=dali"], ["unknown config key loader", "valid keys under the top level"]),
     (["jedi.teacher_cache=true", "jedi.teacher_cache_labelled=true"],
      ["jedi.teacher_cache_labelled", "jedi.foreign_grad_scale=0", "foreign_grad_scale=1.0"]),
@@ -51,15 +54,22 @@ def test_help_lists_every_key(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for key in ("jedi.arms", "jedi.foreign_grad_scale", "data.loader", "model.foreign_bn", "clip.frames"):
+    for key in ("methods=", "method=", "schedule.lr", "jedi.foreign_grad_scale", "data.loader", "model.foreign_bn", "clip.frames"):
         assert key in out
 
 
 def test_foreign_gradient_warmup_is_a_ramp():
-    from jedi_train.train_jedi import foreign_scale
-    config = load_config(None, BASE + ["jedi.foreign_grad_scale=0.5", "jedi.foreign_grad_warmup_steps=10"])
-    assert [foreign_scale(config, "jedi", step) for step in (0, 5, 10, 20)] == [0.0, 0.25, 0.5, 0.5]
-    assert foreign_scale(config, "jedi_no_foreign_grad", 20) == 0.0 and foreign_scale(config, "self_training", 20) == 0.0
+    from jedi_train.methods.jedi import ARMS, Config, JediMethod
+    from jedi_train.models import VideoBackbone
+    cfg = Config(foreign_grad_scale=0.5, foreign_grad_warmup_steps=10)
+
+    def arm(name):
+        from jedi_train.jedi import DistillSettings
+        return JediMethod(name, cfg, {"a": VideoBackbone("cnn3d_small", "groupnorm")}, {"a": 3}, DistillSettings(),
+                          {"a": 1.0})
+    assert [arm("jedi").foreign_scale(step) for step in (0, 5, 10, 20)] == [0.0, 0.25, 0.5, 0.5]
+    assert arm("jedi_no_foreign_grad").foreign_scale(20) == 0.0 and arm("self_training").foreign_scale(20) == 0.0
+    assert set(ARMS) >= {"jedi", "self_training", "supervised", "jedi_no_foreign_grad"}
 
 
 def test_time_reversal_is_off_unless_asked_and_refused_where_it_changes_labels(tiny_shards):

@@ -17,8 +17,8 @@ from conftest import ROOT, subprocess_env, tiny_run_args
 from jedi_train.checkpoint import latest_checkpoint
 
 NAMES = ["ucf101", "ssv2"]
-JEDI = ["stage=jedi", "jedi.arms=jedi", "jedi.epochs=2", "jedi.steps_per_epoch=4", "checkpoint_every=1",
-        "jedi.patience=10"]
+JEDI = ["stage=jedi", "methods=jedi", "schedule.epochs=2", "schedule.steps_per_epoch=4", "checkpoint_every=1",
+        "schedule.patience=10"]
 
 
 def launch(args, env, output_dir) -> subprocess.Popen:
@@ -85,7 +85,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_shards, ex
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(tiny_shards, experts_dir, tmp_path):
     env = subprocess_env()
     run = _prepared_run(tmp_path, experts_dir, "tiny")
-    args = tiny_run_args(tiny_shards, run, NAMES) + JEDI[:-2] + ["checkpoint_every=0", "jedi.patience=10"]
+    args = tiny_run_args(tiny_shards, run, NAMES) + JEDI[:-2] + ["checkpoint_every=0", "schedule.patience=10"]
     process = launch(args, env, run)
     _wait_for_step(run / "tiny", 2, process)
     process.send_signal(signal.SIGTERM)
@@ -123,7 +123,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tiny_shards, 
 def test_non_finite_losses_stop_the_run_with_last_good_checkpoint(tiny_shards, experts_dir, tmp_path):
     env = subprocess_env()
     run = _prepared_run(tmp_path, experts_dir, "tiny")
-    args = tiny_run_args(tiny_shards, run, NAMES) + JEDI + ["jedi.lr=1e15", "max_bad_steps=2"]
+    args = tiny_run_args(tiny_shards, run, NAMES) + JEDI + ["schedule.lr=1e15", "max_bad_steps=2"]
     result = subprocess.run([sys.executable, "jedi_train/run.py", *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr

@@ -11,14 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, tiny_run_args
-from jedi_train.arms import ARMS
+from jedi_train.methods.jedi import ARMS
 from jedi_train.config import load_config
 from jedi_train.data import Streams, dataset_infos
 from jedi_train.run import main
 from jedi_train.train_experts import load_expert
 from pipeline.contract import to_model_input
 
-MODELS = {"expert", *(f"{arm}_{role}{at}" for arm in ARMS for role in ("student", "teacher") for at in ("", "_final"))}
+TRAINED = ("jedi", "self_training", "supervised", "jedi_no_foreign_grad")  # the default `methods`
+# every arm's student and teacher, except the supervised arm's teacher, which is no method of its own
+MODELS = {"expert", *(f"{arm}_{role}{at}" for arm in TRAINED for role in ("student", "teacher") for at in ("", "_final")
+                      if (arm, role) != ("supervised", "teacher"))}
 
 
 def main_one_thread(args: list[str]) -> int:
@@ -84,7 +87,7 @@ def test_first_jedi_loss_is_recomputed_from_the_experts(tiny_run, tiny_shards):
 
 def test_every_arm_reads_the_same_batches_in_the_same_order(tiny_run):
     logs = {arm: [json.loads(line) for line in (tiny_run / arm / "steps.jsonl").read_text().splitlines()]
-            for arm in ARMS}
+            for arm in TRAINED}
     labelled = {arm: [s["labelled_keys"] for s in steps] for arm, steps in logs.items()}
     assert all(keys == labelled["jedi"] for keys in labelled.values())
     unlabelled = {arm: [s["unlabelled_keys"] for s in steps] for arm, steps in logs.items() if ARMS[arm].unlabelled}
@@ -127,7 +130,7 @@ def test_cached_teacher_mode_trains_from_the_experts(tiny_run, tiny_shards, tmp_
     """jedi.teacher_cache + teacher_cache_labelled (foreign_grad_scale=0): the stage fills the unlabelled
     and labelled caches of every dataset, trains every step with finite losses and evaluates."""
     shutil.copytree(tiny_run / "experts", tmp_path / "tiny" / "experts")
-    assert main_one_thread([*tiny_run_args(tiny_shards, tmp_path), "stage=jedi", "jedi.arms=jedi",
+    assert main_one_thread([*tiny_run_args(tiny_shards, tmp_path), "stage=jedi", "methods=jedi",
                             "jedi.teacher_cache=true", "jedi.teacher_cache_labelled=true",
                             "jedi.foreign_grad_scale=0"]) == 0
     steps = [json.loads(line) for line in (tmp_path / "tiny" / "jedi" / "steps.jsonl").read_text().splitlines()]
@@ -153,7 +156,7 @@ def test_two_cpu_processes_under_accelerate(tiny_shards, tmp_path, cpu_env):
     names = ["ucf101", "ssv2"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "jedi_train/run.py", *tiny_run_args(tiny_shards, tmp_path, names), "jedi.arms=jedi"]
+           "jedi_train/run.py", *tiny_run_args(tiny_shards, tmp_path, names), "methods=jedi"]
     result = subprocess.run(cmd, cwd=ROOT, env=cpu_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es)" in result.stdout

@@ -26,7 +26,8 @@ from jedi_train.cached_teacher import refresh_teacher_cache  # noqa: E402
 from jedi_train.premise import format_probe_table, linear_probes  # noqa: E402
 from jedi_train.config import ConfigError, describe_keys, load_config  # noqa: E402
 from jedi_train.data import Streams, dataset_infos  # noqa: E402
-from jedi_train.train_jedi import build_jedi_model, load_selected, teacher_cache_dir  # noqa: E402
+from jedi_train.methods.jedi import teacher_cache_dir  # noqa: E402
+from jedi_train.train_methods import build_from_experts, load_selected  # noqa: E402
 from pipeline.feature_cache import FeatureCacheError  # noqa: E402
 
 SPLITS = ("unlabelled", "labelled", "val", "test")
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     accelerator = Accelerator()
     variant = "self_training" if args.weights == "self_training" else "jedi"
     try:
-        model = (build_jedi_model(config, infos, variant) if args.weights == "experts"
+        model = (build_from_experts(config, infos, variant) if args.weights == "experts"
                  else load_selected(config, infos, variant)[f"{next(iter(infos))}/teacher"])
     except (FileNotFoundError, ValueError) as error:
         print(f"checkpoint error: {error}", file=sys.stderr)

@@ -1,0 +1,46 @@
+"""The methods the joint stage can train, by name (`methods=jedi,fixmatch,...` or `method=<name>`).
+
+Each entry builds a `Method` (jedi_train/methods/base.py) from the run config, the datasets and freshly
+loaded experts. Method modules import nothing from jedi_train.config or jedi_train.data at module level
+(config.py imports their `Config` dataclasses).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+from jedi_train.methods import jedi
+from jedi_train.methods.base import Method
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    build: Callable  # (config, infos, experts) -> Method
+    about: str  # one line for --help and docs/results.md
+
+
+METHODS: dict[str, MethodEntry] = {
+    "jedi": MethodEntry(partial(jedi.build, "jedi"), "JEDI: teachers on all students' features, semi-supervised"),
+    "self_training": MethodEntry(partial(jedi.build, "self_training"),
+                                 "the control: each teacher reads its own student only (FixMatch-style views)"),
+    "supervised": MethodEntry(partial(jedi.build, "supervised"), "supervised continuation of the experts"),
+    "jedi_no_foreign_grad": MethodEntry(partial(jedi.build, "jedi_no_foreign_grad"),
+                                        "JEDI with no gradient into foreign backbones"),
+    "jedi_soft": MethodEntry(partial(jedi.build, "jedi_soft"), "JEDI with soft (KL) targets"),
+    "jedi_hard": MethodEntry(partial(jedi.build, "jedi_hard"), "JEDI with hard pseudo-labels above jedi.threshold"),
+}
+
+
+def parse_methods(text: str) -> list[str]:
+    """`jedi,self_training` -> ['jedi', 'self_training']; unknown names raise ValueError naming the allowed ones."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"methods={text!r}: {'unknown method ' + unknown[0] if unknown else 'empty'}; "
+                         f"allowed values (comma-separated): {', '.join(METHODS)}")
+    return names
+
+
+def build_method(name: str, config, infos, experts) -> Method:
+    return METHODS[name].build(config, infos, experts)
