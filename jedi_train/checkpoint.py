@@ -29,6 +29,7 @@ class Progress:
     finished: bool = False
     skipped_samples: dict = field(default_factory=dict)  # epoch -> keys of corrupt samples skipped
     bad_steps_in_row: int = 0  # consecutive steps with a non-finite loss
+    train_seconds: float = 0.0  # wall time of the stage so far, across resumes (validation included)
 
 
 class Checkpointer:

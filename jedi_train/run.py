@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="continue from the newest complete checkpoint of each stage (finished experts and "
                              "methods are kept, the stage in progress resumes exactly where it stopped)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage=methods method=fixmatch schedule.epochs=5 seed=1")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # --resume may follow the overrides
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -113,6 +114,7 @@ def train_method(config: RunConfig, accelerator: Accelerator, streams: Streams, 
     strong = config.data.strong_view and core.reads_unlabelled
     checkpointer = Checkpointer(accelerator, context.method_dir / "checkpoints", config.keep_checkpoints)
 
+    clock = WallClock()
     latest = checkpointer.latest() if resume else None
     if latest:
         progress, best_states = checkpointer.load(latest)
@@ -176,10 +178,10 @@ def train_method(config: RunConfig, accelerator: Accelerator, streams: Streams, 
                 bar.set_postfix_str(meter.line(losses["loss"].item(), scheduler.get_last_lr()[0], streams.kind))
                 meter.reset()
             if flags[1] > 0:
-                path = checkpointer.save(progress, best_states)
+                path = checkpointer.save(clock.update(progress), best_states)
                 raise Interrupted(f"[{method_name}] stopped by signal; checkpoint {path}; continue with --resume")
             if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
-                checkpointer.save(progress, best_states)
+                checkpointer.save(clock.update(progress), best_states)
         skipped_keys = sorted({k for loader in [*labelled.values(), *unlabelled.values()] for k in loader.skipped_keys})
         skipped = len(skipped_keys)
         progress.skipped_samples[str(epoch)] = skipped_keys
@@ -195,7 +197,7 @@ def train_method(config: RunConfig, accelerator: Accelerator, streams: Streams, 
         if epoch - last_improved >= cfg.patience:
             accelerator.print(f"[{method_name}] early stop: no dataset's model improved for {cfg.patience} epochs")
             progress.finished = True
-        checkpointer.save(progress, best_states)
+        checkpointer.save(clock.update(progress), best_states)
     bar.close()
     stop.restore()
     if accelerator.is_main_process:
@@ -206,9 +208,24 @@ def train_method(config: RunConfig, accelerator: Accelerator, streams: Streams, 
                    path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
         (path.parent / "best_val.json").write_text(json.dumps(progress.best | {
-            "skipped_samples": progress.skipped_samples}, indent=2))
+            "skipped_samples": progress.skipped_samples, "train_seconds": round(progress.train_seconds, 1),
+            "steps": progress.step}, indent=2))
     accelerator.wait_for_everyone()
     return progress.best | {"skipped_samples": progress.skipped_samples}
+
+
+class WallClock:
+    """Adds the wall time since the last update to `progress.train_seconds`, so a resumed stage reports the
+    time of all its parts (the time between a stop and its resume is not counted)."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def update(self, progress: Progress) -> Progress:
+        now = time.perf_counter()
+        progress.train_seconds += now - self.last
+        self.last = now
+        return progress
 
 
 def describe_means(method: Method, scores: dict) -> str:

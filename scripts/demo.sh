@@ -9,30 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-PY=.venv/bin/python
-SIZE=${SIZE:-demo}
-
 SEED=0
 for arg in "$@"; do
   case "$arg" in seed=*) SEED=${arg#seed=} ;; esac
 done
-DATA=data/synthetic/seed$SEED
 SHARDS=shards/synthetic_seed$SEED
-
-$PY tools/make_synthetic.py --out "$DATA" --size "$SIZE" --seed "$SEED" --workers 2
-
-# Label budgets shape the benchmark (METHOD.md 1b): one broad, well-labelled dataset (26 labelled + 9 val
-# clips per class) beside three narrow ones with few labels: 10 labelled + 11 val clips per class (of 70
-# train clips per class).
-# Training clips: H.264, short side 40, 8 fps (a 2 s video is 16 frames: one clip of 8 frames at stride 2
-# sees the whole action), a keyframe every 4 frames.
-SHARD_ARGS=(--short-side 40 --fps 8 --gop 4 --seed "$SEED" --workers 2 --time-reversal-changes-label)
-$PY tools/make_shards.py --layout kinetics --root "$DATA/kinetics400" --out "$SHARDS/kinetics400" \
-    --label-fraction 0.5 --val-fraction 0.25 --hflip-changes-label "${SHARD_ARGS[@]}"
-for dataset in ucf101 hmdb51 ssv2; do
-  $PY tools/make_shards.py --layout "$dataset" --root "$DATA/$dataset" --out "$SHARDS/$dataset" \
-      --label-fraction 0.3 --val-fraction 0.5 "${SHARD_ARGS[@]}"
-done
+bash scripts/synthetic_data.sh "$SEED"  # videos in the official layouts -> shards (kept when already made)
 
 OVERRIDES=(name=synthetic_demo_seed$SEED)
 for dataset in kinetics400 ucf101 hmdb51 ssv2; do
