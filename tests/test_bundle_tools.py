@@ -16,7 +16,7 @@ from conftest import tiny_run_args
 from jedi_train.bundle import BundleError, load_bundle
 from jedi_train.config import load_config
 from jedi_train.data import dataset_infos
-from jedi_train.train_jedi import load_selected
+from jedi_train.train_methods import load_selected
 from pipeline.contract import to_model_input
 from pipeline.cpu_loader import eval_loader
 from pipeline.video_encode import EncodeSettings, encode_video
