@@ -219,16 +219,20 @@ def test_mean_teacher_gradient_never_reaches_the_ema_and_after_step_averages():
 NAMES = ["ucf101", "ssv2"]
 
 
+def run_args(tiny_shards, root) -> list[str]:
+    return [*tiny_run_args(tiny_shards, root, NAMES), "clip.test_clips=1"]  # one test view: the eval runs once
+
+
 @pytest.fixture(scope="module")
 def experts_run(tiny_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("methods_a")
-    assert main_one_thread([*tiny_run_args(tiny_shards, out, NAMES), "stage=experts", "experts.epochs=1"]) == 0
+    assert main_one_thread([*run_args(tiny_shards, out), "stage=experts", "experts.epochs=1"]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def methods_run(experts_run, tiny_shards):
-    assert main_one_thread([*tiny_run_args(tiny_shards, experts_run, NAMES), "stage=methods",
+    assert main_one_thread([*run_args(tiny_shards, experts_run), "stage=methods",
                             f"methods={','.join(METHODS)}", "schedule.epochs=1", "schedule.steps_per_epoch=2",
                             "mean_teacher.rampup_steps=2"]) == 0
     return experts_run
@@ -241,7 +245,7 @@ def test_method_trains_selects_and_reloads(methods_run, tiny_shards, name):
     assert len(steps) == 2 and all(math.isfinite(s["loss"]) for s in steps)
     saved = torch.load(run / name / "best.pt", weights_only=True)
     assert set(saved["selection"]) == {f"{d}/{role}" for d in NAMES for role in ROLES[name]}
-    config = load_config(None, tiny_run_args(tiny_shards, methods_run, NAMES))
+    config = load_config(None, run_args(tiny_shards, methods_run))
     infos = dataset_infos(config)
     selected = load_selected(config, infos, name)
     clips = torch.randn(2, 3, config.clip.frames, config.clip.crop_size, config.clip.crop_size)
@@ -253,7 +257,7 @@ def test_method_trains_selects_and_reloads(methods_run, tiny_shards, name):
 
 
 def test_eval_table_shows_every_method(methods_run, tiny_shards):
-    assert main_one_thread([*tiny_run_args(tiny_shards, methods_run, NAMES), "stage=eval"]) == 0
+    assert main_one_thread([*run_args(tiny_shards, methods_run), "stage=eval"]) == 0
     metrics = json.loads((methods_run / "tiny" / "metrics.json").read_text())["metrics"]
     for d in NAMES:
         for name in METHODS:
