@@ -50,7 +50,7 @@ def ensemble_labels(teacher_logits: torch.Tensor) -> torch.Tensor:
 
 
 class CAMKD(MultiTeacherKD):
-    label = "ca_mkd"
+    log_name = "ca_mkd"
 
     def target_probs(self, teacher_logits, labels, temperature):
         weights = confidence_weights(teacher_logits, labels if labels is not None else ensemble_labels(teacher_logits))

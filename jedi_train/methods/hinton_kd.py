@@ -25,7 +25,7 @@ def average_target(teacher_logits: torch.Tensor, temperature: float) -> torch.Te
 
 
 class HintonKD(MultiTeacherKD):
-    label = "hinton_kd"
+    log_name = "hinton_kd"
 
     def target_probs(self, teacher_logits, labels, temperature):
         return average_target(teacher_logits, temperature)  # the label plays no part in the average
