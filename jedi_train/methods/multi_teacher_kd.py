@@ -51,10 +51,11 @@ class MultiTeacherKD(ExpertStudents):
         t = self.temperature
         for d in self.names:
             labelled_logits, strong_logits = self.student_passes(d, batch.labelled_clips[d], batch.student_view[d])
-            with torch.no_grad():
-                labelled_target = self.target_probs(self.teacher_logits(d, batch.labelled_clips[d]), batch.labels[d], t)
-                unlabelled_teachers = self.teacher_logits(d, batch.unlabelled_clips[d])
-                unlabelled_target = self.target_probs(unlabelled_teachers, None, t)
+            with torch.no_grad():  # one pass of each frozen expert over the labelled clips and the weak view
+                n_labelled = batch.labelled_clips[d].shape[0]
+                teachers = self.teacher_logits(d, torch.cat([batch.labelled_clips[d], batch.unlabelled_clips[d]]))
+                labelled_target = self.target_probs(teachers[:, :n_labelled], batch.labels[d], t)
+                unlabelled_target = self.target_probs(teachers[:, n_labelled:], None, t)
             ce = F.cross_entropy(labelled_logits, batch.labels[d])
             kd = soft_target_distillation(torch.cat([labelled_logits, strong_logits]),
                                           torch.cat([labelled_target, unlabelled_target]), t)
