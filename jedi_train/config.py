@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from jedi_train.methods import ca_mkd, fixmatch, hinton_kd, joint_supervised, mean_teacher
 from jedi_train.methods import jedi as jedi_method
 from jedi_train.methods import parse_methods
 
@@ -102,6 +103,11 @@ class RunConfig:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     jedi: jedi_method.Config = field(default_factory=jedi_method.Config)
+    joint_supervised: joint_supervised.Config = field(default_factory=joint_supervised.Config)
+    fixmatch: fixmatch.Config = field(default_factory=fixmatch.Config)
+    mean_teacher: mean_teacher.Config = field(default_factory=mean_teacher.Config)
+    hinton_kd: hinton_kd.Config = field(default_factory=hinton_kd.Config)
+    ca_mkd: ca_mkd.Config = field(default_factory=ca_mkd.Config)
 
     @property
     def run_dir(self) -> Path:

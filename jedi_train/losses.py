@@ -17,9 +17,17 @@ def scale_gradient(features: torch.Tensor, scale: float) -> torch.Tensor:
 def soft_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(teacher/tau) || softmax(student/tau)) * tau^2, averaged over the batch.
     The teacher side is detached: pseudo-labels carry no gradient."""
-    teacher_probs = F.softmax(teacher_logits.detach() / temperature, dim=1)
+    return soft_target_distillation(student_logits, F.softmax(teacher_logits.detach() / temperature, dim=1),
+                                    temperature)
+
+
+def soft_target_distillation(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float
+                             ) -> torch.Tensor:
+    """KL(target || softmax(student/tau)) * tau^2, averaged over the batch, for targets that are already
+    probabilities at temperature tau (e.g. an average of several teachers' softened predictions; Hinton et
+    al. 2015 scale by tau^2 so the gradient keeps its size whatever tau). The target is detached."""
     student_log_probs = F.log_softmax(student_logits / temperature, dim=1)
-    return F.kl_div(student_log_probs, teacher_probs, reduction="batchmean") * temperature**2
+    return F.kl_div(student_log_probs, target_probs.detach(), reduction="batchmean") * temperature**2
 
 
 def hard_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, threshold: float

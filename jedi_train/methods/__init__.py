@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from jedi_train.methods import jedi
+from jedi_train.methods import ca_mkd, fixmatch, hinton_kd, jedi, joint_supervised, mean_teacher
 from jedi_train.methods.base import Method
 
 
@@ -29,6 +29,13 @@ METHODS: dict[str, MethodEntry] = {
                                         "JEDI with no gradient into foreign backbones"),
     "jedi_soft": MethodEntry(partial(jedi.build, "jedi_soft"), "JEDI with soft (KL) targets"),
     "jedi_hard": MethodEntry(partial(jedi.build, "jedi_hard"), "JEDI with hard pseudo-labels above jedi.threshold"),
+    "joint_supervised": MethodEntry(joint_supervised.build, "one backbone shared by all datasets, a head each, "
+                                    "labelled clips only"),
+    "fixmatch": MethodEntry(fixmatch.build, "FixMatch per dataset: the student's confident weak-view "
+                            "pseudo-labels, learned on the strong view"),
+    "mean_teacher": MethodEntry(mean_teacher.build, "Mean Teacher per dataset: consistency with an EMA of the student"),
+    "hinton_kd": MethodEntry(hinton_kd.build, "Hinton KD from the average of all experts mapped to each dataset"),
+    "ca_mkd": MethodEntry(ca_mkd.build, "confidence-aware multi-teacher KD (CA-MKD) from all experts"),
 }
 
 

@@ -31,32 +31,19 @@ class MappedExperts(nn.Module):
     def fit(self, context, steps: int = 300, weight_decay: float = 1e-3) -> dict[str, dict[str, float]]:
         """Fit every foreign map on d's labelled split (all ranks fit on the same rows); returns each map's
         labelled top-1, so a map that learned nothing shows up in the log."""
-        from accelerate.utils import gather_object
-
         from jedi_train.cached_teacher import fit_linear_head
-        from pipeline.contract import to_model_input
-        device = context.accelerator.device
         report = {}
         for d in self.names:
-            rows: dict[str, list] = {j: [] for j in self.names}
-            labels = []
-            for batch in context.streams.eval(d, "labelled", multi_view=False):
-                features = self.features(to_model_input(batch["video"].to(device).flatten(0, 1)))
-                for j in self.names:
-                    rows[j].append(features[j].float().cpu())
-                labels.append(batch["label"].cpu())
-            parts = gather_object([(rows, labels)]) if context.accelerator.num_processes > 1 else [(rows, labels)]
-            y = torch.cat([label for _, part_labels in parts for label in part_labels])
+            rows, y = labelled_features(context, d, self.features)
             report[d] = {}
             for j in self.names:
                 if j == d:
                     continue
-                x = torch.cat([row for part_rows, _ in parts for row in part_rows[j]])
                 with torch.enable_grad():
-                    weight, bias = fit_linear_head(x, y, self.maps[d][j].out_features, steps, weight_decay)
-                self.maps[d][j].weight.copy_(weight.to(device))
-                self.maps[d][j].bias.copy_(bias.to(device))
-                report[d][j] = 100.0 * ((x @ weight.T + bias).argmax(1) == y).float().mean().item()
+                    weight, bias = fit_linear_head(rows[j], y, self.maps[d][j].out_features, steps, weight_decay)
+                self.maps[d][j].weight.copy_(weight.to(self.maps[d][j].weight))
+                self.maps[d][j].bias.copy_(bias.to(self.maps[d][j].bias))
+                report[d][j] = 100.0 * ((rows[j] @ weight.T + bias).argmax(1) == y).float().mean().item()
         return report
 
     def features(self, clips: torch.Tensor, memo: FeatureMemo | None = None) -> dict[str, torch.Tensor]:
@@ -70,3 +57,24 @@ class MappedExperts(nn.Module):
     def average_probs(self, d: str, features: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
         """The experts' average prediction of d's classes: mean over experts of softmax(logits / T)."""
         return (self.logits(d, features) / temperature).softmax(dim=-1).mean(dim=0)
+
+
+@torch.no_grad()
+def labelled_features(context, d: str, features) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`features(clips) -> {name: [B, k]}` on every clip of d's labelled split (single centre clip), gathered
+    from all ranks in the same order, so every rank fits the same head on the same rows; returns ({name:
+    float rows on the CPU}, labels)."""
+    from accelerate.utils import gather_object
+
+    from pipeline.contract import to_model_input
+    device = context.accelerator.device
+    rows: dict[str, list] = {}
+    labels = []
+    for batch in context.streams.eval(d, "labelled", multi_view=False):
+        for name, part in features(to_model_input(batch["video"].to(device).flatten(0, 1))).items():
+            rows.setdefault(name, []).append(part.float().cpu())
+        labels.append(batch["label"].cpu())
+    parts = gather_object([(rows, labels)]) if context.accelerator.num_processes > 1 else [(rows, labels)]
+    names = dict.fromkeys(name for part_rows, _ in parts for name in part_rows)  # a rank may have had no batch
+    return ({name: torch.cat([row for part_rows, _ in parts for row in part_rows.get(name, [])]) for name in names},
+            torch.cat([label for _, part_labels in parts for label in part_labels]))
