@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from jedi_train.methods import jedi as jedi_method
+from jedi_train.methods import mlfd, staged_kd
 from jedi_train.methods import parse_methods
 
 
@@ -102,6 +103,8 @@ class RunConfig:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     jedi: jedi_method.Config = field(default_factory=jedi_method.Config)
+    mlfd: mlfd.Config = field(default_factory=mlfd.Config)
+    staged_kd: staged_kd.Config = field(default_factory=staged_kd.Config)
 
     @property
     def run_dir(self) -> Path:

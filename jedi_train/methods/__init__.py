@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from jedi_train.methods import jedi
+from jedi_train.methods import jedi, mlfd, staged_kd
 from jedi_train.methods.base import Method
 
 
@@ -29,6 +29,10 @@ METHODS: dict[str, MethodEntry] = {
                                         "JEDI with no gradient into foreign backbones"),
     "jedi_soft": MethodEntry(partial(jedi.build, "jedi_soft"), "JEDI with soft (KL) targets"),
     "jedi_hard": MethodEntry(partial(jedi.build, "jedi_hard"), "JEDI with hard pseudo-labels above jedi.threshold"),
+    "mlfd": MethodEntry(mlfd.build, "MLFD: a joint teacher on the experts' multi-level features, fine-tuned on all "
+                                    "datasets, distilled into each student (features at every level + KD)"),
+    "staged_kd": MethodEntry(staged_kd.build, "staged KD: experts -> assistant -> student, per-level feature "
+                                              "distributions and correlations, optimised pseudo-labels"),
 }
 
 
