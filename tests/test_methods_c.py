@@ -68,8 +68,11 @@ def test_gaussian_kl_is_the_closed_form_per_channel_and_zero_for_equal_statistic
     student = torch.tensor([[0.0, 5.0], [2.0, 7.0]])
     target = torch.tensor([[2.0, 7.0], [6.0, 5.0]])
     expected = (0.5 * (12 - math.log(4)) + 0.0) / 2
-    assert gaussian_kl(student, target, eps=0.0).item() == pytest.approx(expected, rel=1e-6)
-    assert gaussian_kl(target[:, 1:], student[:, 1:], eps=0.0).item() == 0.0
+    assert gaussian_kl(student, target, floor=0.0).item() == pytest.approx(expected, rel=1e-6)
+    assert gaussian_kl(target[:, 1:], student[:, 1:], floor=0.0).item() == 0.0
+    # the floor adds 0.5 x the target's mean variance (4) to both: KL(N(4, 6) || N(1, 3))
+    #   = 0.5 * (log(3 / 6) + (6 + 9) / 3 - 1) = 0.5 * (4 - log 2)
+    assert gaussian_kl(student[:, :1], target[:, :1], floor=0.5).item() == pytest.approx(0.5 * (4 - math.log(2)), rel=1e-6)
     assert gaussian_kl(student, student.flip(0)).item() == pytest.approx(0.0, abs=1e-7)
 
 

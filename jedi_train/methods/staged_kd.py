@@ -13,7 +13,8 @@ target's width) with
                  of point-wise L2: the target's statistics are matched, not each clip's vector
   correlation    the channel correlation between consecutive levels (Pearson over the batch, level l's
                  channels against level l+1's), matched by MSE: how a level's features flow into the next
-and the pseudo-label optimisation of the labels both models learn from:
+(the assistant's adapters start as a least-squares map fitted in setup, the student's as the identity: see
+`fit_adapters`) and the pseudo-label optimisation of the labels both models learn from:
   labelled       (1 - beta) onehot + beta teacher probs where the teacher is confident (>= threshold) and
                  agrees with the label; the one-hot label elsewhere
   unlabelled     the teacher's soft label on the weak view where its confidence >= threshold, learned on
@@ -43,16 +44,20 @@ class Config:
     unlabelled_weight: float = 1.0  # soft cross-entropy to the teacher's confident soft labels
     teacher_fit_steps: int = 300  # L-BFGS iterations of the foreign experts' maps
     teacher_fit_weight_decay: float = 1e-3
-    eps: float = 1e-5  # variance floor of the distribution and correlation terms
+    variance_floor: float = 0.1  # distribution term: variances floored at this fraction of the target's mean one
 
 
 # ----- the loss terms -----------------------------------------------------------------------------------------
-def gaussian_kl(student: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def gaussian_kl(student: torch.Tensor, target: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
     """Mean over channels of KL(N(mu_t, var_t) || N(mu_s, var_s)), the statistics of each channel over the
-    batch [B, C] (biased variance, floored at eps):
-    0.5 * (log(var_s / var_t) + (var_t + (mu_t - mu_s)^2) / var_s - 1)."""
-    mu_s, var_s = student.mean(0), student.var(0, unbiased=False) + eps
-    mu_t, var_t = target.mean(0), target.var(0, unbiased=False) + eps
+    batch [B, C]: 0.5 * (log(var_s / var_t) + (var_t + (mu_t - mu_s)^2) / var_s - 1). Both (biased)
+    variances get `floor` times the target's mean channel variance added: a batch of a few clips estimates
+    a channel's variance poorly, and a student variance near 0 makes the KL explode (with an absolute floor
+    of 1e-5 it went from 6 to 524 in one step on the tiny shards)."""
+    var_t = target.var(0, unbiased=False)
+    floor = floor * var_t.mean().detach()
+    mu_s, var_s = student.mean(0), student.var(0, unbiased=False) + floor
+    mu_t, var_t = target.mean(0), var_t + floor
     return (0.5 * (torch.log(var_s / var_t) + (var_t + (mu_t - mu_s) ** 2) / var_s - 1)).mean()
 
 
@@ -128,8 +133,8 @@ class StagedKD(Method):
         """One hop of the cascade: (distribution, correlation) of the adapted levels against the target's."""
         adapted = [adapter(level) for adapter, level in zip(adapters, levels)]
         target_levels = [level.detach() for level in target_levels]
-        distribution = torch.stack([gaussian_kl(s, t, self.cfg.eps) for s, t in zip(adapted, target_levels)]).mean()
-        return distribution, correlation_loss(adapted, target_levels, self.cfg.eps)
+        distribution = torch.stack([gaussian_kl(s, t, self.cfg.variance_floor) for s, t in zip(adapted, target_levels)]).mean()
+        return distribution, correlation_loss(adapted, target_levels)
 
     def terms(self, batch: StepBatch) -> dict[str, torch.Tensor]:
         """Every named term per dataset, not detached; `{d}/assistant` and `{d}/student` are each model's loss."""
@@ -188,6 +193,62 @@ class StagedKD(Method):
         report = self.teacher.fit(context, self.cfg.teacher_fit_steps, self.cfg.teacher_fit_weight_decay)
         context.accelerator.print("[staged_kd] foreign experts' maps, labelled top-1: " + "; ".join(
             f"{d}: " + ", ".join(f"{j} {top1:.1f}" for j, top1 in maps.items()) for d, maps in report.items()))
+        fit = self.fit_adapters(context)
+        context.accelerator.print("[staged_kd] assistant adapters fitted, distribution loss on the labelled split "
+                                  + ", ".join(f"{d} {before:.3g} -> {after:.3g}" for d, (before, after) in fit.items()))
+
+    @torch.no_grad()
+    def fit_adapters(self, context: TrainContext) -> dict[str, tuple[float, float]]:
+        """Start the adapters where the distribution loss is small: a level's pooled features vary little
+        over clips next to their mean, and the Gaussian KL counts a mean mismatch in units of the target's
+        spread, so random adapters start it in the thousands (measured on the tiny shards: ~1600 against a
+        CE of 1.8). The student's adapters start as the identity (its target, the assistant, starts equal to
+        it); the assistant's as the ridge least-squares map from expert d's levels to the teacher's, on d's
+        labelled split. Returns each dataset's mean distribution loss on that split before and after."""
+        from accelerate.utils import gather_object
+
+        from pipeline.contract import to_model_input
+        device = context.accelerator.device
+        report = {}
+        for d in self.names:
+            for adapter in self.student_adapters[d]:
+                adapter.weight.copy_(torch.eye(adapter.in_features))
+                adapter.bias.zero_()
+            rows = []
+            was_training = self.backbones[d].training
+            self.backbones[d].eval()
+            for batch in context.streams.eval(d, "labelled", multi_view=False):
+                clips = to_model_input(batch["video"].to(device).flatten(0, 1))
+                rows.append(([x.cpu() for x in self.backbones[d].stage_features(clips)],
+                             [y.cpu() for y in self.teacher_view(d, clips)[0]]))
+            self.backbones[d].train(was_training)
+            if context.accelerator.num_processes > 1:
+                rows = [row for part in gather_object([rows]) for row in part]
+            own = [torch.cat([levels[level] for levels, _ in rows]) for level in range(len(rows[0][0]))]
+            target = [torch.cat([levels[level] for _, levels in rows]) for level in range(len(rows[0][1]))]
+            adapters = self.assistant_adapters[d]
+            before = torch.stack([gaussian_kl(a(x.to(device)), y.to(device), self.cfg.variance_floor)
+                                  for a, x, y in zip(adapters, own, target)]).mean().item()
+            for adapter, x, y in zip(adapters, own, target):
+                weight, bias = ridge_regression(x, y)
+                adapter.weight.copy_(weight.to(adapter.weight))
+                adapter.bias.copy_(bias.to(adapter.bias))
+            after = torch.stack([gaussian_kl(a(x.to(device)), y.to(device), self.cfg.variance_floor)
+                                 for a, x, y in zip(adapters, own, target)]).mean().item()
+            report[d] = (before, after)
+        return report
+
+
+def ridge_regression(x: torch.Tensor, y: torch.Tensor, strength: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """y ~ x @ weight.T + bias by least squares with an L2 penalty of `strength` times the mean variance of
+    x's channels (a scale-free penalty); returns (weight [C_y, C_x], bias [C_y])."""
+    x, y = x.double(), y.double()
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc, yc = x - x_mean, y - y_mean
+    gram = xc.T @ xc
+    penalty = strength * gram.diagonal().mean().clamp(min=1e-12)
+    weight = torch.linalg.solve(gram + penalty * torch.eye(gram.shape[0], dtype=gram.dtype), xc.T @ yc).T
+    return weight.float(), (y_mean - weight @ x_mean).float()
 
 
 def build(config, infos, experts) -> StagedKD:
