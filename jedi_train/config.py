@@ -15,6 +15,7 @@ import yaml
 
 from jedi_train.methods import ca_mkd, fixmatch, hinton_kd, joint_supervised, mean_teacher
 from jedi_train.methods import jedi as jedi_method
+from jedi_train.methods import mlfd, staged_kd
 from jedi_train.methods import parse_methods
 
 
@@ -108,6 +109,8 @@ class RunConfig:
     mean_teacher: mean_teacher.Config = field(default_factory=mean_teacher.Config)
     hinton_kd: hinton_kd.Config = field(default_factory=hinton_kd.Config)
     ca_mkd: ca_mkd.Config = field(default_factory=ca_mkd.Config)
+    mlfd: mlfd.Config = field(default_factory=mlfd.Config)
+    staged_kd: staged_kd.Config = field(default_factory=staged_kd.Config)
 
     @property
     def run_dir(self) -> Path:

@@ -92,9 +92,36 @@ class VideoBackbone(nn.Module):
             self.feature_dim = 2048
         else:
             raise ValueError(f"backbone={name!r}: allowed values are {', '.join(BACKBONES)}")
+        # where `stage_features` taps the network: indices into `_stage_modules()`. The small CNN: after
+        # convolutions 2 and 3 (each module is conv, norm, ReLU); X3D: after res stages 2, 3 and 4 (its final
+        # feature is a projection of stage 4); Slow R50: after res stages 2 and 3 (its final feature is the
+        # pooled stage 4 already)
+        if name in SMALL_CNN_WIDTHS:
+            self.stage_taps = (5, 8)
+            tapped_widths = SMALL_CNN_WIDTHS[name][1:3]
+        else:
+            self.stage_taps = (2, 3, 4) if name in X3D_SIZES else (2, 3)
+            tapped_widths = tuple([m for m in self.stages[i].modules() if isinstance(m, nn.Conv3d)][-1].out_channels
+                                  for i in self.stage_taps)
+        self.stage_dims = (*tapped_widths, self.feature_dim)  # widths of `stage_features`' levels
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.pool(self.stages(clips)).flatten(1)
+
+    def _stage_modules(self) -> nn.Sequential:
+        return self.stages.layers if isinstance(self.stages, SmallConv3d) else self.stages
+
+    def stage_features(self, clips: torch.Tensor) -> list[torch.Tensor]:
+        """Features at several depths, for methods that distil between levels (MLFD, staged KD): the
+        globally average-pooled outputs [B, C_l] of the tapped stages, then the final feature, the same
+        modules in the same order as `forward`, so the last element is `forward(clips)` exactly."""
+        levels, x = [], clips
+        for index, module in enumerate(self._stage_modules()):
+            x = module(x)
+            if index in self.stage_taps:
+                levels.append(x.mean(dim=(2, 3, 4)))
+        levels.append(self.pool(x).flatten(1))
+        return levels
 
 
 def load_backbone_weights(backbone: VideoBackbone, path: str | Path) -> None:

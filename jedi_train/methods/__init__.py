@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from jedi_train.methods import ca_mkd, fixmatch, hinton_kd, jedi, joint_supervised, mean_teacher
+from jedi_train.methods import ca_mkd, fixmatch, hinton_kd, jedi, joint_supervised, mean_teacher, mlfd, staged_kd
 from jedi_train.methods.base import Method
 
 
@@ -36,6 +36,10 @@ METHODS: dict[str, MethodEntry] = {
     "mean_teacher": MethodEntry(mean_teacher.build, "Mean Teacher per dataset: consistency with an EMA of the student"),
     "hinton_kd": MethodEntry(hinton_kd.build, "Hinton KD from the average of all experts mapped to each dataset"),
     "ca_mkd": MethodEntry(ca_mkd.build, "confidence-aware multi-teacher KD (CA-MKD) from all experts"),
+    "mlfd": MethodEntry(mlfd.build, "MLFD: a joint teacher on the experts' multi-level features, fine-tuned on all "
+                                    "datasets, distilled into each student (features at every level + KD)"),
+    "staged_kd": MethodEntry(staged_kd.build, "staged KD: experts -> assistant -> student, per-level feature "
+                                              "distributions and correlations, optimised pseudo-labels"),
 }
 
 
