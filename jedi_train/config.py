@@ -13,9 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
-from jedi_train.methods import ca_mkd, fixmatch, hinton_kd, joint_supervised, mean_teacher
+from jedi_train.methods import ca_mkd, fixmatch, hinton_kd, joint_supervised, mean_teacher, mlfd, staged_kd
 from jedi_train.methods import jedi as jedi_method
-from jedi_train.methods import mlfd, staged_kd
 from jedi_train.methods import parse_methods
 
 
