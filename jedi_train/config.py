@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from jedi_train.methods import graph_distillation as graph_distillation_method
 from jedi_train.methods import jedi as jedi_method
 from jedi_train.methods import parse_methods
 
@@ -102,6 +103,7 @@ class RunConfig:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     jedi: jedi_method.Config = field(default_factory=jedi_method.Config)
+    graph_distillation: graph_distillation_method.Config = field(default_factory=graph_distillation_method.Config)
 
     @property
     def run_dir(self) -> Path:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from jedi_train.methods import jedi
+from jedi_train.methods import graph_distillation, jedi
 from jedi_train.methods.base import Method
 
 
