@@ -29,6 +29,8 @@ METHODS: dict[str, MethodEntry] = {
                                         "JEDI with no gradient into foreign backbones"),
     "jedi_soft": MethodEntry(partial(jedi.build, "jedi_soft"), "JEDI with soft (KL) targets"),
     "jedi_hard": MethodEntry(partial(jedi.build, "jedi_hard"), "JEDI with hard pseudo-labels above jedi.threshold"),
+    "graph_distillation": MethodEntry(graph_distillation.build, "graph distillation (Zhang & Peng 2018): Sinkhorn EMD "
+                                      "to the experts' logits graph, compact bilinear representation graph"),
 }
 
 
