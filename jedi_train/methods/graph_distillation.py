@@ -37,6 +37,11 @@ logits graph are the pairwise averages of the two teachers' distributions; the r
 are fused penultimate features only (no other layers), regressed with a normalised MSE (not the
 paper's distribution-matching loss); the Sinkhorn distance is the plain entropic transport cost
 (not debiased), with a fixed eps and a fixed number of unrolled iterations.
+
+Measured (synthetic benchmark seed 0, schedule.epochs=2, defaults, 2026-12-02): mean val top-1 of the students
+76.4 (the experts) -> 73.5, 73.0; CE alone (both lambdas 0) 72.5, 72.9; lambda_repr=0.1: 72.5, 73.1. On this
+budget continuing to train the experts loses val accuracy whatever the terms (the JEDI arms' students too keep
+epoch -1); the graph terms neither cause that drop nor undo it.
 """
 from __future__ import annotations
 
