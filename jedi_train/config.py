@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
-from jedi_train.methods import ca_mkd, fixmatch, hinton_kd, joint_supervised, mean_teacher, mlfd, staged_kd
+from jedi_train.methods import (ca_mkd, fixmatch, graph_distillation, hinton_kd, joint_supervised, mean_teacher,
+                                mlfd, staged_kd)
 from jedi_train.methods import jedi as jedi_method
 from jedi_train.methods import parse_methods
 
@@ -110,6 +111,7 @@ class RunConfig:
     ca_mkd: ca_mkd.Config = field(default_factory=ca_mkd.Config)
     mlfd: mlfd.Config = field(default_factory=mlfd.Config)
     staged_kd: staged_kd.Config = field(default_factory=staged_kd.Config)
+    graph_distillation: graph_distillation.Config = field(default_factory=graph_distillation.Config)
 
     @property
     def run_dir(self) -> Path:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from jedi_train.methods import ca_mkd, fixmatch, hinton_kd, jedi, joint_supervised, mean_teacher, mlfd, staged_kd
+from jedi_train.methods import (ca_mkd, fixmatch, graph_distillation, hinton_kd, jedi, joint_supervised, mean_teacher,
+                                mlfd, staged_kd)
 from jedi_train.methods.base import Method
 
 
@@ -40,6 +41,8 @@ METHODS: dict[str, MethodEntry] = {
                                     "datasets, distilled into each student (features at every level + KD)"),
     "staged_kd": MethodEntry(staged_kd.build, "staged KD: experts -> assistant -> student, per-level feature "
                                               "distributions and correlations, optimised pseudo-labels"),
+    "graph_distillation": MethodEntry(graph_distillation.build, "graph distillation (Zhang & Peng 2018): Sinkhorn EMD "
+                                      "to the experts' logits graph, compact bilinear representation graph"),
 }
 
 
