@@ -103,7 +103,10 @@ def train_method(config: RunConfig, accelerator: Accelerator, streams: Streams, 
     device = accelerator.device
     method = build_from_experts(config, infos, method_name)
     context = TrainContext(config, infos, streams, accelerator, config.run_dir / method_name)
-    if not resume:
+    checkpointer = Checkpointer(accelerator, context.method_dir / "checkpoints", config.keep_checkpoints)
+    clock = WallClock()  # the method's train time, its preparation included
+    latest = checkpointer.latest() if resume else None
+    if not latest:  # a fresh start (--resume without a checkpoint included): the method's one-off preparation
         method.setup(context)
     optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
@@ -112,10 +115,7 @@ def train_method(config: RunConfig, accelerator: Accelerator, streams: Streams, 
     model, optimizer, scheduler = accelerator.prepare(method, optimizer, scheduler)
     core: Method = accelerator.unwrap_model(model)
     strong = config.data.strong_view and core.reads_unlabelled
-    checkpointer = Checkpointer(accelerator, context.method_dir / "checkpoints", config.keep_checkpoints)
 
-    clock = WallClock()
-    latest = checkpointer.latest() if resume else None
     if latest:
         progress, best_states = checkpointer.load(latest)
         accelerator.print(f"[{method_name}] resumed from {latest}: epoch {progress.epoch + 1}, "

@@ -232,10 +232,27 @@ def experts_run(tiny_shards, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def methods_run(experts_run, tiny_shards):
-    assert main_one_thread([*run_args(tiny_shards, experts_run), "stage=methods",
+    # --resume as scripts/methods_table.sh runs it: with no checkpoint yet, every method starts fresh
+    assert main_one_thread([*run_args(tiny_shards, experts_run), "stage=methods", "--resume",
                             f"methods={','.join(METHODS)}", "schedule.epochs=1", "schedule.steps_per_epoch=2",
                             "mean_teacher.rampup_steps=2"]) == 0
     return experts_run
+
+
+def test_a_fresh_start_under_resume_prepares_the_method(methods_run, tiny_shards):
+    """setup() (here: fitting the foreign experts' maps) runs whenever there is no checkpoint to resume, so the
+    weights the method started from (epoch -1) hold fitted maps, not the maps `build` initialised."""
+    from accelerate.utils import set_seed
+
+    from jedi_train.train_methods import build_from_experts
+    config = load_config(None, run_args(tiny_shards, methods_run))
+    set_seed(config.seed)  # as run.py does before building each method
+    built = build_from_experts(config, dataset_infos(config), "hinton_kd").state_dict()
+    started = torch.load(methods_run / "tiny" / "hinton_kd" / "best.pt", weights_only=True)["states"]["-1"]
+    foreign = f"teachers.maps.{NAMES[0]}.{NAMES[1]}.weight"
+    own = f"teachers.maps.{NAMES[0]}.{NAMES[0]}.weight"
+    assert torch.equal(built[own], started[own])  # the own expert's head is its map from the start
+    assert not torch.allclose(built[foreign], started[foreign])
 
 
 @pytest.mark.parametrize("name", METHODS)
