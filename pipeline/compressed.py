@@ -216,3 +216,31 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def load_npz(data: bytes) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}
+
+
+# --- what a loader returns -----------------------------------------------------------------------
+
+def segment_arrays(members: dict[str, bytes], modalities: tuple[str, ...], segments: int, key: str = "?",
+                   generator=None) -> dict[str, np.ndarray]:
+    """Per modality, K segments in the batch contract's layout (pipeline/contract.py): mv float16
+    [K, 2, h, w], residual float16 [K, 3, H, W], iframe uint8 [K, 3, H, W]. `members` maps member
+    extension -> bytes; the MV and residual frame of each segment come from `segment_frames`
+    (drawn with `generator` in training, the middle P-frame otherwise). KeyError names a missing member."""
+    out, frame_types, picked = {}, None, None
+    for name in modalities:
+        ext = MEMBER_EXT[name]
+        if ext not in members:
+            raise KeyError(f"sample {key!r} has no {ext} member (members: {sorted(members)})")
+        arrays = load_npz(members[ext])
+        if name == "iframe":
+            if len(arrays["iframe"]) != segments:
+                raise ValueError(f"sample {key!r}: {len(arrays['iframe'])} I-frames stored, the loader asks for "
+                                 f"{segments} segments (the manifest's compressed.segments)")
+            out[name] = np.ascontiguousarray(arrays["iframe"].transpose(0, 3, 1, 2))
+            continue
+        if picked is None:  # MV and residual of a sample share one frame per segment
+            frame_types = arrays["frame_types"]
+            picked = segment_frames(frame_types, segments, generator)
+        chosen = arrays[name][picked]
+        out[name] = (chosen if name == "mv" else chosen.transpose(0, 3, 1, 2)).astype(np.float16)
+    return out
