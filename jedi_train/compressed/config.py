@@ -48,7 +48,7 @@ class CompressedConfig:
     seed: int = 0
     batch_size: int = 32
     eval_batch_size: int = 128
-    threads: int = 2  # torch intra-op threads
+    threads: int = 1  # torch intra-op threads (2 small-op threads on a shared 2-core machine ran 10x slower)
     force: bool = False  # rerun even if the run folder already holds results.json
     mv: NetConfig = field(default_factory=lambda: NetConfig(widths="8,16,24,32,48", strides="1,1,2,2,2"))
     residual: NetConfig = field(default_factory=lambda: NetConfig(widths="8,16,24,32,48"))
