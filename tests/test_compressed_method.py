@@ -10,6 +10,7 @@ from jedi_train.compressed.config import ConfigError, load_config
 from jedi_train.compressed.data import ModalitySplit, normalise
 from jedi_train.compressed.exits import ExitHeads, all_exit_logits, exit_costs, exit_names
 from jedi_train.compressed.nets import ORDER, build_net
+from jedi_train.compressed import pkd
 from jedi_train.compressed.pkd import soft_cross_entropy, teacher_for_epoch, train_exits
 from jedi_train.compressed.wise import early_exit_predict, fit_wise, walk
 
@@ -50,14 +51,21 @@ def test_the_pkd_teacher_switches_mv_residual_iframe_by_epoch():
 
 def test_pkd_training_uses_the_scheduled_teacher_and_only_soft_targets(monkeypatch):
     nets, split = tiny_nets(), tiny_split()
-    called = []
-    for modality, net in nets.items():  # which net's classifier produced teacher logits, per epoch
-        original = net.classifier.forward
-        net.classifier.forward = lambda x, m=modality, f=original: (called.append(m), f(x))[1]
+    targets = []
+    real = pkd.soft_cross_entropy
+    monkeypatch.setattr(pkd, "soft_cross_entropy", lambda s, t, T: (targets.append(t), real(s, t, T))[1])
+    monkeypatch.setattr(pkd.F, "cross_entropy", lambda *a, **k: pytest.fail("PKD used the hard labels"))
     history = train_exits("pkd", nets, ExitHeads(nets, CLASSES), split, epochs=3, batch_size=6, lr=1e-3,
                           weight_decay=0.0, temperature=1.0, seed=0, flip=True, log=lambda line: None)
     assert [record["teacher"] for record in history] == ["mv", "residual", "iframe"]
-    assert called == ["mv", "mv", "residual", "residual", "iframe", "iframe"]  # 2 batches per epoch
+    outputs = pkd.frozen_outputs(nets, split, 12, flip=True)  # every net's logits, plain and mirrored
+    rows = {m: torch.cat([outputs[False][m][3], outputs[True][m][3]]) for m in ORDER}
+
+    def teacher_of(logits: torch.Tensor) -> set[str]:
+        return {m for m in ORDER if all(torch.isclose(rows[m], row).all(1).any() for row in logits)}
+
+    assert len(targets) == 3 * 2 * 9  # epochs x batches x exits
+    assert [teacher_of(targets[9 * 2 * e]) for e in range(3)] == [{"mv"}, {"residual"}, {"iframe"}]
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     assert torch.isclose(soft_cross_entropy(logits, logits), -(logits.softmax(1) * logits.log_softmax(1)).sum())
 

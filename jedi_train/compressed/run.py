@@ -71,6 +71,7 @@ def run(config: CompressedConfig) -> dict:
     if nets_path.is_file():
         for modality, state in torch.load(nets_path, weights_only=True).items():
             nets[modality].load_state_dict(state)
+            nets[modality].eval()  # BN in train mode would move its running statistics during evaluation
         print(f"modality nets loaded from {nets_path}")
     else:
         for modality, net in nets.items():
