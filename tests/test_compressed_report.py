@@ -23,5 +23,6 @@ def test_write_block_creates_replaces_and_keeps_the_rest(tmp_path):
 def test_verdict_pairs_by_seed_and_compares_with_the_spread():
     assert verdict([50, 52, 48], [60, 61, 59]) == "PKD better"
     assert verdict([50, 52, 48], [51, 53, 47]) == "within spread"
-    assert verdict([50, 70, 30], [55, 75, 35]) == "within spread"  # same sign, but small next to the spread
+    assert verdict([50, 70, 30], [55, 75, 35]) == "PKD better"  # paired: the seeds' own levels cancel
+    assert verdict([50, 50, 50], [51, 60, 51]) == "within spread"  # one sign, but mean 4 < std 5.2
     assert verdict([60, 61, 59], [50, 52, 48]) == "CE better"
