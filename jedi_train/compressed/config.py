@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from jedi_train.config import ConfigError, _set_dotted, build, describe_keys
+from jedi_train.config import ConfigError, _set_dotted, build
 
 
 @dataclass
@@ -94,5 +94,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Compresse
     return config
 
 
-def help_keys() -> str:
-    return "\n".join(describe_keys(CompressedConfig))
+def help_keys(config: object | None = None, prefix: str = "") -> str:
+    """One line per settable key with its default (the instance's value, so per-modality defaults show)."""
+    config = CompressedConfig() if config is None else config
+    lines = []
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(help_keys(value, f"{prefix}{item.name}."))
+        else:
+            lines.append(f"  {prefix}{item.name}={value}  ({type(value).__name__})")
+    return "\n".join(lines)
