@@ -11,6 +11,7 @@ import tools.make_shards as make_shards
 from pipeline.contract import (IFRAME, KEY, LABEL, MV, RESIDUAL, VIDEO, AugmentSpec, ClipSpec,
                                to_modality_input)
 from pipeline.cpu_loader import eval_loader, train_loader
+from pipeline.manifest import load_manifest
 from tests.test_make_shards import make_ucf, shard_args
 
 MODALITIES = (MV, RESIDUAL, IFRAME)
@@ -84,6 +85,14 @@ def test_shards_without_the_members_are_refused_naming_what_is_missing(tmp_path)
     with pytest.raises(ValueError, match=r"no \['mv'\] members.*--modalities"):
         eval_loader(plain, "test", CLIP, batch_size=2, modalities=(MV,))
     assert len(list(eval_loader(plain, "test", CLIP, batch_size=2, num_workers=0))) >= 1  # plain use unchanged
+    assert load_manifest(plain).compressed is None and '"compressed"' not in (plain / "manifest.json").read_text()
+
+
+def test_the_manifest_records_the_settings(shards):
+    manifest = load_manifest(shards)
+    assert (manifest.compressed.modalities, manifest.compressed.segments, manifest.compressed.mv_block) == \
+        (["mv", "residual", "iframe"], 3, 4)
+    assert (manifest.encode.codec, manifest.encode.gop) == ("h264", 4)
 
 
 def test_the_dali_loader_refuses_modalities_naming_the_keys(shards):
