@@ -220,13 +220,29 @@ def load_npz(data: bytes) -> dict[str, np.ndarray]:
 
 # --- what a loader returns -----------------------------------------------------------------------
 
-def segment_arrays(members: dict[str, bytes], modalities: tuple[str, ...], segments: int, key: str = "?",
-                   generator=None) -> dict[str, np.ndarray]:
-    """Per modality, K segments in the batch contract's layout (pipeline/contract.py): mv float16
-    [K, 2, h, w], residual float16 [K, 3, H, W], iframe uint8 [K, 3, H, W]. `members` maps member
-    extension -> bytes; the MV and residual frame of each segment come from `segment_frames`
-    (drawn with `generator` in training, the middle P-frame otherwise). KeyError names a missing member."""
+def centre_square(height: int, width: int, block: int) -> tuple[int, int, int]:
+    """(top, left, side) of the centred square of side min(H, W), its corner on the block grid so
+    that the motion field's cells and the pixels are cropped alike."""
+    side = min(height, width)
+    return ((height - side) // 2 // block) * block, ((width - side) // 2 // block) * block, side
+
+
+def _crop(array: np.ndarray, top: int, left: int, side: int, block: int = 1) -> np.ndarray:
+    """Crop the last two axes of [..., H, W] (pixels, or cells of `block` pixels)."""
+    size = math.ceil(side / block)
+    return array[..., top // block:top // block + size, left // block:left // block + size]
+
+
+def segment_arrays(members: dict[str, bytes], modalities: tuple[str, ...], segments: int, frame_size: tuple[int, int],
+                   mv_block: int, key: str = "?", generator=None) -> dict[str, np.ndarray]:
+    """Per modality, K segments in the batch contract's layout (pipeline/contract.py), cropped to the
+    centred square of side S = the short side (videos of one data set may differ in aspect ratio):
+    mv float16 [K, 2, ceil(S/b), ceil(S/b)], residual float16 [K, 3, S, S], iframe uint8 [K, 3, S, S].
+    `members` maps member extension -> bytes, `frame_size` is the video's (height, width) (its json);
+    the MV and residual frame of each segment come from `segment_frames` (drawn with `generator` in
+    training, the middle P-frame otherwise). KeyError names a missing member."""
     out, frame_types, picked = {}, None, None
+    square = centre_square(*frame_size, mv_block)
     for name in modalities:
         ext = MEMBER_EXT[name]
         if ext not in members:
@@ -236,11 +252,14 @@ def segment_arrays(members: dict[str, bytes], modalities: tuple[str, ...], segme
             if len(arrays["iframe"]) != segments:
                 raise ValueError(f"sample {key!r}: {len(arrays['iframe'])} I-frames stored, the loader asks for "
                                  f"{segments} segments (the manifest's compressed.segments)")
-            out[name] = np.ascontiguousarray(arrays["iframe"].transpose(0, 3, 1, 2))
+            out[name] = np.ascontiguousarray(_crop(arrays["iframe"].transpose(0, 3, 1, 2), *square))
             continue
         if picked is None:  # MV and residual of a sample share one frame per segment
             frame_types = arrays["frame_types"]
             picked = segment_frames(frame_types, segments, generator)
         chosen = arrays[name][picked]
-        out[name] = (chosen if name == "mv" else chosen.transpose(0, 3, 1, 2)).astype(np.float16)
+        if name == "mv":
+            out[name] = np.ascontiguousarray(_crop(chosen, *square, block=mv_block)).astype(np.float16)
+        else:
+            out[name] = np.ascontiguousarray(_crop(chosen.transpose(0, 3, 1, 2), *square)).astype(np.float16)
     return out

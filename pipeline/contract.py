@@ -15,10 +15,11 @@ Training batch (a dict; keys are the constants below):
 
 Compressed-domain keys (only when a loader is asked for `modalities`; shards written with
 `tools/make_shards.py --modalities`, see pipeline/compressed.py). K = the manifest's compressed.segments,
-one entry per segment, the same layout in training and evaluation batches:
-  MV            float16 [B, K, 2, h, w]   motion vectors (dx, dy) in pixels per mv_block cell
-  RESIDUAL      float16 [B, K, 3, H, W]   P-frame minus its motion-compensated reference, -255..255
-  IFRAME        uint8   [B, K, 3, H, W]   the segment's I-frame, RGB
+one entry per segment, the same layout in training and evaluation batches, cropped to the centred square
+of side S = the video's short side (videos of one data set may differ in aspect ratio; b = mv_block):
+  MV            float16 [B, K, 2, S/b, S/b]  motion vectors (dx, dy) in pixels per b x b cell
+  RESIDUAL      float16 [B, K, 3, S, S]      P-frame minus its motion-compensated reference, -255..255
+  IFRAME        uint8   [B, K, 3, S, S]      the segment's I-frame, RGB
 Training picks a random P-frame per segment (seeded like the clip), evaluation the middle one. No
 spatial augmentation is applied to them. `to_modality_input` normalises them on the device.
 

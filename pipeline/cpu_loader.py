@@ -256,10 +256,10 @@ class _TrainBatches(IterableDataset):
     def __init__(self, plan: RankPlan, clip: ClipSpec, augment: AugmentSpec, strong: StrongAugmentSpec | None,
                  *, reader: ShardReader, num_classes: int, batch_size: int, steps_per_epoch: int, start_step: int,
                  seed: int, epoch: int, shuffle_buffer: int, backend: str, modalities: tuple[str, ...] = (),
-                 segments: int = 0, video: bool = True):
+                 segments: tuple[int, int] = (0, 0), video: bool = True):
         super().__init__()
         self.plan, self.clip, self.augment, self.strong, self.reader = plan, clip, augment, strong, reader
-        self.modalities, self.segments, self.video = modalities, segments, video
+        self.modalities, (self.segments, self.mv_block), self.video = modalities, segments, video
         self.num_classes, self.batch_size = num_classes, batch_size
         self.steps_per_epoch, self.start_step = steps_per_epoch, start_step
         self.seed, self.epoch, self.shuffle_buffer, self.backend = seed, epoch, shuffle_buffer, backend
@@ -292,7 +292,7 @@ class _TrainBatches(IterableDataset):
             if self.strong is not None:
                 item[STRONG_VIDEO] = make_strong_view(frames, self.clip.crop_size, self.strong, self.augment.hflip,
                                                       generator)
-        item.update(_modality_tensors(sample, self.modalities, self.segments, generator))
+        item.update(_modality_tensors(sample, meta, self.modalities, self.segments, self.mv_block, generator))
         return item
 
     def make_batch(self, batch_samples: list[tuple[int, Sample]]) -> dict:
@@ -335,10 +335,11 @@ class _EvalBatches(IterableDataset):
     """Worker side of eval_loader: one pass in shard order, every view of every sample."""
 
     def __init__(self, plan: RankPlan, clip: ClipSpec, *, reader: ShardReader, batch_size: int, multi_view: bool,
-                 backend: str, modalities: tuple[str, ...] = (), segments: int = 0, video: bool = True):
+                 backend: str, modalities: tuple[str, ...] = (), segments: tuple[int, int] = (0, 0),
+                 video: bool = True):
         super().__init__()
         self.plan, self.clip, self.batch_size, self.backend, self.reader = plan, clip, batch_size, backend, reader
-        self.modalities, self.segments, self.video = modalities, segments, video
+        self.modalities, (self.segments, self.mv_block), self.video = modalities, segments, video
         self.num_clips = clip.test_clips if multi_view else 1
         self.num_crops = clip.test_crops if multi_view else 1
 
@@ -354,7 +355,7 @@ class _EvalBatches(IterableDataset):
             for clip_frames in frames.split(self.clip.frames):
                 views.extend(eval_views(clip_frames, self.clip.crop_size, self.num_crops))
             item[VIDEO] = torch.stack(views)
-        item.update(_modality_tensors(sample, self.modalities, self.segments, None))
+        item.update(_modality_tensors(sample, meta, self.modalities, self.segments, self.mv_block, None))
         return item
 
     def make_batch(self, samples: list[Sample]) -> dict:
@@ -397,12 +398,14 @@ class _EvalBatches(IterableDataset):
             yield {**self.make_batch(pending), READ_STATS: meter.since_last()}
 
 
-def _modality_tensors(sample: Sample, modalities: tuple[str, ...], segments: int, generator) -> dict:
+def _modality_tensors(sample: Sample, meta: dict, modalities: tuple[str, ...], segments: int, mv_block: int,
+                      generator) -> dict:
     """The sample's compressed-domain entries (pipeline/compressed.py) as torch tensors."""
     if not modalities:
         return {}
     try:
-        arrays = segment_arrays(sample, modalities, segments, sample["__key__"], generator)
+        arrays = segment_arrays(sample, modalities, segments, (int(meta["height"]), int(meta["width"])), mv_block,
+                                sample["__key__"], generator)
     except (KeyError, ValueError, OSError) as error:  # a damaged or missing member is one bad sample
         raise CorruptVideoError(sample["__key__"], f"compressed-domain member: {error}") from error
     return {name: torch.from_numpy(array) for name, array in arrays.items()}
@@ -418,10 +421,10 @@ def collate(items: list[dict], skipped: list[str]) -> dict:
     return batch
 
 
-def check_modalities(manifest: dict, shard_dir: str | Path, modalities: tuple[str, ...]) -> int:
-    """K (the manifest's segments) when the shards hold every requested modality; ValueError otherwise."""
+def check_modalities(manifest: dict, shard_dir: str | Path, modalities: tuple[str, ...]) -> tuple[int, int]:
+    """(K segments, mv_block) of the manifest when the shards hold every requested modality; ValueError otherwise."""
     if not modalities:
-        return 0
+        return 0, 0
     unknown = [name for name in modalities if name not in MODALITY_KEYS]
     if unknown:
         raise ValueError(f"modalities {unknown}: allowed values are {list(MODALITY_KEYS)}")
@@ -431,7 +434,7 @@ def check_modalities(manifest: dict, shard_dir: str | Path, modalities: tuple[st
         raise ValueError(f"{Path(shard_dir) / 'manifest.json'}: the shards hold no {missing} members (stored: "
                          f"{stored or 'none'}); write them with tools/make_shards.py --modalities "
                          f"{','.join(MODALITY_KEYS)}")
-    return int(manifest["compressed"]["segments"])
+    return int(manifest["compressed"]["segments"]), int(manifest["compressed"]["mv_block"])
 
 
 class BatchLoader:

@@ -29,10 +29,10 @@ def shards(tmp_path_factory):
 
 
 def check_modalities(batch: dict, size: int) -> None:
-    height, width = 32, 42  # short side 32 of 64 x 48
-    assert batch[MV].dtype == torch.float16 and batch[MV].shape == (size, 3, 2, math.ceil(height / 4), math.ceil(width / 4))
-    assert batch[RESIDUAL].dtype == torch.float16 and batch[RESIDUAL].shape == (size, 3, 3, height, width)
-    assert batch[IFRAME].dtype == torch.uint8 and batch[IFRAME].shape == (size, 3, 3, height, width)
+    side = 32  # videos of 42 x 32 (short side 32 of 64 x 48): the centred 32 x 32 square
+    assert batch[MV].dtype == torch.float16 and batch[MV].shape == (size, 3, 2, side // 4, side // 4)
+    assert batch[RESIDUAL].dtype == torch.float16 and batch[RESIDUAL].shape == (size, 3, 3, side, side)
+    assert batch[IFRAME].dtype == torch.uint8 and batch[IFRAME].shape == (size, 3, 3, side, side)
     assert batch[MV].abs().sum() > 0 and batch[RESIDUAL].abs().sum() > 0  # the square moves
 
 
@@ -66,6 +66,25 @@ def test_the_scan_path_returns_the_same_arrays_as_the_index_path(shards, tmp_pat
     by_scan = list(eval_loader(scan, "test", CLIP, batch_size=8, num_workers=0, modalities=MODALITIES, video=False))
     assert [b[KEY] for b in by_index] == [b[KEY] for b in by_scan]
     assert all(torch.equal(a[name], b[name]) for a, b in zip(by_index, by_scan) for name in MODALITIES)
+
+
+def test_videos_of_different_aspect_ratios_batch_as_their_centred_square():
+    from pipeline.compressed import MEMBER_EXT, centre_square, npz_bytes, segment_arrays
+
+    assert centre_square(64, 86, 4) == (0, 8, 64) and centre_square(86, 64, 4) == (8, 0, 64)
+    shapes = set()
+    for height, width in ((64, 86), (64, 96), (72, 64)):
+        cells = (math.ceil(height / 4), math.ceil(width / 4))
+        mv = torch.arange(cells[0] * cells[1], dtype=torch.float32).view(1, 1, *cells).expand(16, 2, -1, -1)
+        members = {MEMBER_EXT["mv"]: npz_bytes({"mv": mv.numpy().astype("float16"),
+                                                "frame_types": torch.tensor([1, 2, 2, 2] * 4).numpy().astype("uint8")}),
+                   MEMBER_EXT["iframe"]: npz_bytes({"iframe": torch.zeros(4, height, width, 3, dtype=torch.uint8).numpy(),
+                                                    "index": torch.tensor([0, 4, 8, 12]).numpy()})}
+        arrays = segment_arrays(members, ("mv", "iframe"), 4, (height, width), 4)
+        shapes.add((arrays["mv"].shape, arrays["iframe"].shape))
+        top, left, _ = centre_square(height, width, 4)
+        assert arrays["mv"][0, 0, 0, 0] == (top // 4) * cells[1] + left // 4  # the cell at the crop's corner
+    assert shapes == {((4, 2, 16, 16), (4, 3, 64, 64))}
 
 
 def test_normalisation_happens_on_the_device_side():

@@ -135,8 +135,8 @@ def test_modality_nets_are_ordered_by_cost_and_mv_residual_are_smaller_than_ifra
     config = load_config(None, ["shards=x"])
     nets = {m: build_net(m, 6, getattr(config, m).widths, getattr(config, m).strides, 0.0).eval() for m in ORDER}
     heads = ExitHeads(nets, 6, config.exits.width).eval()
-    clip = {"mv": torch.zeros(1, 4, 2, 16, 22), "residual": torch.zeros(1, 4, 3, 64, 86),
-            "iframe": torch.zeros(1, 4, 3, 64, 86)}
+    clip = {"mv": torch.zeros(1, 4, 2, 16, 16), "residual": torch.zeros(1, 4, 3, 64, 64),
+            "iframe": torch.zeros(1, 4, 3, 64, 64)}
     alone = exit_costs(nets, heads, clip)["alone"]
     finals = {m: alone[4 * i + 3] for i, m in enumerate(ORDER)}
     assert finals["mv"] < finals["iframe"] and finals["residual"] < finals["iframe"]
