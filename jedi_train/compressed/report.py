@@ -172,7 +172,10 @@ def block(found: dict[str, list[dict]], figure: Path, doc: Path, wall_seconds: f
     lines.append("Training time per (dataset, seed), 2-core CPU shared with other jobs: " + ", ".join(
         f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + (
         f". Wall time of the command that wrote this block: {wall_seconds / 60:.1f} min." if wall_seconds else "."))
-    lines.append("")
+    lines += ["", "Reruns are not bit-identical: two shardings of one tree with the same arguments gave different "
+              "H.264 bytes for a few videos (5 of 720 in the check of 2026-12-02; cause not isolated, libx264 / "
+              "FFmpeg threading suspected), and 3 of the 6 (dataset, seed) runs then differed by up to a few "
+              "points per exit. Verdicts near the rule's edge can flip between such reruns.", ""]
     for dataset, results in found.items():
         lines += [f"### {dataset}-like", "", "Modality nets (cross-entropy, frozen afterwards), test top-1: " + ", ".join(
             f"{m} {fmt([r['nets'][m]['test'] for r in results])}" for m in ("mv", "residual", "iframe")) + ".", "",
