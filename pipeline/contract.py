@@ -13,6 +13,16 @@ Training batch (a dict; keys are the constants below):
   SKIPPED_KEYS  list[str]              keys of corrupt samples skipped while this batch was assembled
                                        (usually empty); the loaders also keep a running count.
 
+Compressed-domain keys (only when a loader is asked for `modalities`; shards written with
+`tools/make_shards.py --modalities`, see pipeline/compressed.py). K = the manifest's compressed.segments,
+one entry per segment, the same layout in training and evaluation batches, cropped to the centred square
+of side S = the video's short side (videos of one data set may differ in aspect ratio; b = mv_block):
+  MV            float16 [B, K, 2, S/b, S/b]  motion vectors (dx, dy) in pixels per b x b cell
+  RESIDUAL      float16 [B, K, 3, S, S]      P-frame minus its motion-compensated reference, -255..255
+  IFRAME        uint8   [B, K, 3, S, S]      the segment's I-frame, RGB
+Training picks a random P-frame per segment (seeded like the clip), evaluation the middle one. No
+spatial augmentation is applied to them. `to_modality_input` normalises them on the device.
+
 Evaluation batch: VIDEO uint8 [B, V, 3, T, H, W] with V = test_clips * test_crops (V = 1 for
 single-clip evaluation; view v = clip_index * test_crops + crop_index), plus LABEL, KEY, SKIPPED_KEYS.
 The last evaluation batch may be smaller than the batch size.
@@ -34,6 +44,10 @@ STRONG_VIDEO = "strong_video"
 LABEL = "label"
 KEY = "key"
 SKIPPED_KEYS = "skipped_keys"
+MV = "mv"
+RESIDUAL = "residual"
+IFRAME = "iframe"
+MODALITY_KEYS = (MV, RESIDUAL, IFRAME)  # also the modality names of pipeline/compressed.py
 
 # Kinetics-400 statistics (the usual choice for video backbones), in 0..1 units per RGB channel.
 MEAN = (0.45, 0.45, 0.45)
@@ -141,3 +155,23 @@ def to_model_input(video_uint8: torch.Tensor, dtype: torch.dtype = torch.float32
     mean = torch.tensor(MEAN, device=video_uint8.device, dtype=dtype).view(shape) * 255
     inv_std = 1.0 / (torch.tensor(STD, device=video_uint8.device, dtype=dtype).view(shape) * 255)
     return (video_uint8.to(dtype) - mean) * inv_std
+
+
+MV_SCALE = 4.0  # pixels: typical motion of the synthetic actions per frame at short side 64
+RESIDUAL_SCALE = 64.0
+
+
+def to_modality_input(tensor: torch.Tensor, modality: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A compressed-domain batch entry [..., C, H, W] -> normalised float on the same device: I-frames
+    like video (Kinetics mean / std), motion vectors / MV_SCALE, residuals / RESIDUAL_SCALE."""
+    if modality == IFRAME:
+        if tensor.dtype != torch.uint8:
+            raise TypeError(f"to_modality_input({IFRAME!r}) expects uint8, got {tensor.dtype}")
+        mean = torch.tensor(MEAN, device=tensor.device, dtype=dtype).view(3, 1, 1) * 255
+        inv_std = 1.0 / (torch.tensor(STD, device=tensor.device, dtype=dtype).view(3, 1, 1) * 255)
+        return (tensor.to(dtype) - mean) * inv_std
+    if modality == MV:
+        return tensor.to(dtype) / MV_SCALE
+    if modality == RESIDUAL:
+        return tensor.to(dtype) / RESIDUAL_SCALE
+    raise ValueError(f"modality {modality!r}: allowed values are {MODALITY_KEYS}")

@@ -60,7 +60,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.augment import strong_view as make_strong_view
 from pipeline.augment import eval_views, train_view
 from pipeline.clips import eval_clip_indices, train_clip_indices
-from pipeline.contract import (KEY, LABEL, SKIPPED_KEYS, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec,
+from pipeline.compressed import segment_arrays
+from pipeline.contract import (KEY, LABEL, MODALITY_KEYS, SKIPPED_KEYS, STRONG_VIDEO, VIDEO, AugmentSpec, ClipSpec,
                                StrongAugmentSpec)
 from pipeline.dali_index import index_mismatch
 from pipeline.shard_reader import ShardReader
@@ -254,9 +255,11 @@ class _TrainBatches(IterableDataset):
 
     def __init__(self, plan: RankPlan, clip: ClipSpec, augment: AugmentSpec, strong: StrongAugmentSpec | None,
                  *, reader: ShardReader, num_classes: int, batch_size: int, steps_per_epoch: int, start_step: int,
-                 seed: int, epoch: int, shuffle_buffer: int, backend: str):
+                 seed: int, epoch: int, shuffle_buffer: int, backend: str, modalities: tuple[str, ...] = (),
+                 segments: tuple[int, int] = (0, 0), video: bool = True):
         super().__init__()
         self.plan, self.clip, self.augment, self.strong, self.reader = plan, clip, augment, strong, reader
+        self.modalities, (self.segments, self.mv_block), self.video = modalities, segments, video
         self.num_classes, self.batch_size = num_classes, batch_size
         self.steps_per_epoch, self.start_step = steps_per_epoch, start_step
         self.seed, self.epoch, self.shuffle_buffer, self.backend = seed, epoch, shuffle_buffer, backend
@@ -281,11 +284,15 @@ class _TrainBatches(IterableDataset):
         if not 0 <= label < self.num_classes:
             raise ValueError(f"sample {key!r}: label {label} outside the manifest's {self.num_classes} classes")
         generator = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, pass_index, key, salt))
-        indices = train_clip_indices(int(meta["frames"]), self.clip, generator, self.augment.time_reversal)
-        frames = decode_frames(video_bytes, indices, key=key, backend=self.backend)
-        item = {VIDEO: train_view(frames, self.clip.crop_size, self.augment, generator), LABEL: label, KEY: key}
-        if self.strong is not None:
-            item[STRONG_VIDEO] = make_strong_view(frames, self.clip.crop_size, self.strong, self.augment.hflip, generator)
+        item = {LABEL: label, KEY: key}
+        if self.video:
+            indices = train_clip_indices(int(meta["frames"]), self.clip, generator, self.augment.time_reversal)
+            frames = decode_frames(video_bytes, indices, key=key, backend=self.backend)
+            item[VIDEO] = train_view(frames, self.clip.crop_size, self.augment, generator)
+            if self.strong is not None:
+                item[STRONG_VIDEO] = make_strong_view(frames, self.clip.crop_size, self.strong, self.augment.hflip,
+                                                      generator)
+        item.update(_modality_tensors(sample, meta, self.modalities, self.segments, self.mv_block, generator))
         return item
 
     def make_batch(self, batch_samples: list[tuple[int, Sample]]) -> dict:
@@ -328,22 +335,28 @@ class _EvalBatches(IterableDataset):
     """Worker side of eval_loader: one pass in shard order, every view of every sample."""
 
     def __init__(self, plan: RankPlan, clip: ClipSpec, *, reader: ShardReader, batch_size: int, multi_view: bool,
-                 backend: str):
+                 backend: str, modalities: tuple[str, ...] = (), segments: tuple[int, int] = (0, 0),
+                 video: bool = True):
         super().__init__()
         self.plan, self.clip, self.batch_size, self.backend, self.reader = plan, clip, batch_size, backend, reader
+        self.modalities, (self.segments, self.mv_block), self.video = modalities, segments, video
         self.num_clips = clip.test_clips if multi_view else 1
         self.num_crops = clip.test_crops if multi_view else 1
 
     def make_item(self, sample: Sample) -> dict:
         key = sample["__key__"]
         video_bytes, meta = _video_and_meta(sample)
-        clips = eval_clip_indices(int(meta["frames"]), self.clip, self.num_clips)
-        flat = [index for indices in clips for index in indices]
-        frames = decode_frames(video_bytes, flat, key=key, backend=self.backend)  # one decode for all clips
-        views = []
-        for clip_frames in frames.split(self.clip.frames):
-            views.extend(eval_views(clip_frames, self.clip.crop_size, self.num_crops))
-        return {VIDEO: torch.stack(views), LABEL: int(meta["label"]), KEY: key}
+        item = {LABEL: int(meta["label"]), KEY: key}
+        if self.video:
+            clips = eval_clip_indices(int(meta["frames"]), self.clip, self.num_clips)
+            flat = [index for indices in clips for index in indices]
+            frames = decode_frames(video_bytes, flat, key=key, backend=self.backend)  # one decode for all clips
+            views = []
+            for clip_frames in frames.split(self.clip.frames):
+                views.extend(eval_views(clip_frames, self.clip.crop_size, self.num_crops))
+            item[VIDEO] = torch.stack(views)
+        item.update(_modality_tensors(sample, meta, self.modalities, self.segments, self.mv_block, None))
+        return item
 
     def make_batch(self, samples: list[Sample]) -> dict:
         items, skipped = [], []
@@ -356,7 +369,10 @@ class _EvalBatches(IterableDataset):
             size = self.clip.crop_size
             empty = torch.empty((0, self.num_clips * self.num_crops, 3, self.clip.frames, size, size),
                                 dtype=torch.uint8)
-            return {VIDEO: empty, LABEL: torch.empty(0, dtype=torch.int64), KEY: [], SKIPPED_KEYS: skipped}
+            batch = {LABEL: torch.empty(0, dtype=torch.int64), KEY: [], SKIPPED_KEYS: skipped}
+            if self.video:
+                batch[VIDEO] = empty
+            return batch  # no modality entries: their spatial size is known only from a sample
         return collate(items, skipped)
 
     def __iter__(self) -> Iterator[dict]:
@@ -382,14 +398,43 @@ class _EvalBatches(IterableDataset):
             yield {**self.make_batch(pending), READ_STATS: meter.since_last()}
 
 
+def _modality_tensors(sample: Sample, meta: dict, modalities: tuple[str, ...], segments: int, mv_block: int,
+                      generator) -> dict:
+    """The sample's compressed-domain entries (pipeline/compressed.py) as torch tensors."""
+    if not modalities:
+        return {}
+    try:
+        arrays = segment_arrays(sample, modalities, segments, (int(meta["height"]), int(meta["width"])), mv_block,
+                                sample["__key__"], generator)
+    except (KeyError, ValueError, OSError) as error:  # a damaged or missing member is one bad sample
+        raise CorruptVideoError(sample["__key__"], f"compressed-domain member: {error}") from error
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+
 def collate(items: list[dict], skipped: list[str]) -> dict:
-    batch = {VIDEO: torch.stack([item[VIDEO] for item in items]),
-             LABEL: torch.tensor([item[LABEL] for item in items], dtype=torch.int64),
+    batch = {LABEL: torch.tensor([item[LABEL] for item in items], dtype=torch.int64),
              KEY: [item[KEY] for item in items],
              SKIPPED_KEYS: skipped}
-    if STRONG_VIDEO in items[0]:
-        batch[STRONG_VIDEO] = torch.stack([item[STRONG_VIDEO] for item in items])
+    for name in (VIDEO, STRONG_VIDEO, *MODALITY_KEYS):
+        if name in items[0]:
+            batch[name] = torch.stack([item[name] for item in items])
     return batch
+
+
+def check_modalities(manifest: dict, shard_dir: str | Path, modalities: tuple[str, ...]) -> tuple[int, int]:
+    """(K segments, mv_block) of the manifest when the shards hold every requested modality; ValueError otherwise."""
+    if not modalities:
+        return 0, 0
+    unknown = [name for name in modalities if name not in MODALITY_KEYS]
+    if unknown:
+        raise ValueError(f"modalities {unknown}: allowed values are {list(MODALITY_KEYS)}")
+    stored = (manifest.get("compressed") or {}).get("modalities", [])
+    missing = [name for name in modalities if name not in stored]
+    if missing:
+        raise ValueError(f"{Path(shard_dir) / 'manifest.json'}: the shards hold no {missing} members (stored: "
+                         f"{stored or 'none'}); write them with tools/make_shards.py --modalities "
+                         f"{','.join(MODALITY_KEYS)}")
+    return int(manifest["compressed"]["segments"]), int(manifest["compressed"]["mv_block"])
 
 
 class BatchLoader:
@@ -445,12 +490,15 @@ def _check_label_safe(manifest: dict, shard_dir: str | Path, augment: AugmentSpe
 def train_loader(shard_dir: str | Path, split: str, clip: ClipSpec, augment: AugmentSpec, *, batch_size: int,
                  steps_per_epoch: int, rank: int = 0, world_size: int = 1, num_workers: int = 1, seed: int = 0,
                  epoch: int = 0, start_step: int = 0, strong_view: bool | StrongAugmentSpec = False,
-                 shuffle_buffer: int = 256, pin_memory: bool = False, backend: str = "auto") -> BatchLoader:
+                 shuffle_buffer: int = 256, pin_memory: bool = False, backend: str = "auto",
+                 modalities: tuple[str, ...] = (), video: bool = True) -> BatchLoader:
     """Exactly `steps_per_epoch - start_step` training batches for (rank, epoch); see the module doc.
 
     Batch k is a function of (shard set, clip, augment, seed, epoch, rank, world_size, k) only.
     `start_step` resumes mid-epoch: earlier batches are read past without decoding.
     `strong_view`: True (default StrongAugmentSpec) or a StrongAugmentSpec adds STRONG_VIDEO.
+    `modalities`: compressed-domain entries to add (MV, RESIDUAL, IFRAME of pipeline/contract.py);
+    `video=False` leaves out VIDEO (and STRONG_VIDEO) and decodes nothing.
     """
     if batch_size < 1 or steps_per_epoch < 1:
         raise ValueError(f"batch_size={batch_size}, steps_per_epoch={steps_per_epoch}: both must be >= 1")
@@ -458,6 +506,7 @@ def train_loader(shard_dir: str | Path, split: str, clip: ClipSpec, augment: Aug
         raise ValueError(f"start_step={start_step}: must be in [0, steps_per_epoch={steps_per_epoch}]")
     manifest = read_manifest(shard_dir)
     _check_label_safe(manifest, shard_dir, augment)
+    segments = check_modalities(manifest, shard_dir, tuple(modalities))
     plan = plan_rank(split_shards(manifest, shard_dir, split), rank, world_size, seed=seed, epoch=epoch,
                      shuffle=True, need_balance=True)
     if plan.samples == 0:
@@ -467,26 +516,30 @@ def train_loader(shard_dir: str | Path, split: str, clip: ClipSpec, augment: Aug
                             num_classes=len(manifest["classes"]),
                             batch_size=batch_size, steps_per_epoch=steps_per_epoch, start_step=start_step,
                             seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer,
-                            backend=resolve_backend(backend))
+                            backend=resolve_backend(backend) if video else backend,
+                            modalities=tuple(modalities), segments=segments, video=video)
     return BatchLoader(dataset, num_batches=steps_per_epoch - start_step, num_workers=num_workers,
                        pin_memory=pin_memory, samples_per_rank=plan.samples)
 
 
 def eval_loader(shard_dir: str | Path, split: str, clip: ClipSpec, *, batch_size: int, rank: int = 0,
                 world_size: int = 1, num_workers: int = 1, multi_view: bool = False, pin_memory: bool = False,
-                backend: str = "auto") -> BatchLoader:
+                backend: str = "auto", modalities: tuple[str, ...] = (), video: bool = True) -> BatchLoader:
     """Every sample of the split exactly once across ranks, VIDEO [B, V, 3, T, H, W].
 
     V = 1 (centre clip, centre crop) unless multi_view, then V = test_clips * test_crops, clip-major.
     Ranks may get different numbers of batches; gather predictions accordingly.
+    `modalities` / `video` as in train_loader (modality entries are [B, K, ...], no view axis).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     manifest = read_manifest(shard_dir)
+    segments = check_modalities(manifest, shard_dir, tuple(modalities))
     plan = plan_rank(split_shards(manifest, shard_dir, split), rank, world_size, seed=0, epoch=0,
                      shuffle=False, need_balance=False)
     dataset = _EvalBatches(plan, clip, reader=shard_reader(plan.shards, _rank_name(plan), num_workers), batch_size=batch_size,
-                           multi_view=multi_view, backend=resolve_backend(backend))
+                           multi_view=multi_view, backend=resolve_backend(backend) if video else backend,
+                           modalities=tuple(modalities), segments=segments, video=video)
     return BatchLoader(dataset, num_batches=math.ceil(plan.samples / batch_size), num_workers=num_workers,
                        pin_memory=pin_memory, samples_per_rank=plan.samples)
 

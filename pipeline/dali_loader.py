@@ -523,12 +523,22 @@ class DaliEvalLoader(_LoaderBase):
         self._pass_complete = True
 
 
+def refuse_modalities(modalities) -> None:
+    """The DALI loader decodes video only: compressed-domain entries (npz members, read on the CPU)
+    come from the torch loader, pipeline/cpu_loader.py."""
+    if modalities:
+        raise ValueError(f"the DALI loader does not return the compressed-domain keys {list(modalities)} "
+                         f"(mv, residual, iframe): use the torch loader (pipeline/cpu_loader.py, "
+                         f"data.loader=torch), which reads them from the shards' npz members")
+
+
 def dali_train_loader(shard_dir, split, clip: ClipSpec, augment: AugmentSpec, *, batch_size: int,
                       steps_per_epoch: int, rank: int = 0, world_size: int = 1, seed: int = 0, device: str = "gpu",
                       strong_view: bool | StrongAugmentSpec = False, num_threads: int = 2,
-                      build_missing_index: bool = False) -> DaliTrainLoader:
+                      build_missing_index: bool = False, modalities: tuple[str, ...] = ()) -> DaliTrainLoader:
     """Training batches {VIDEO, [STRONG_VIDEO], LABEL, KEY, SKIPPED_KEYS}: exactly `steps_per_epoch`
     per iteration over the loader. `strong_view=True` uses the default StrongAugmentSpec."""
+    refuse_modalities(modalities)
     return DaliTrainLoader(shard_dir, split, clip, augment, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                            rank=rank, world_size=world_size, seed=seed, device=device, strong_view=strong_view,
                            num_threads=num_threads, build_missing_index=build_missing_index)
@@ -536,8 +546,9 @@ def dali_train_loader(shard_dir, split, clip: ClipSpec, augment: AugmentSpec, *,
 
 def dali_eval_loader(shard_dir, split, clip: ClipSpec, *, batch_size: int, rank: int = 0, world_size: int = 1,
                      multi_view: bool = False, device: str = "gpu", num_threads: int = 2,
-                     build_missing_index: bool = False) -> DaliEvalLoader:
+                     build_missing_index: bool = False, modalities: tuple[str, ...] = ()) -> DaliEvalLoader:
     """Evaluation batches {VIDEO [B, V, 3, T, S, S], LABEL, KEY, SKIPPED_KEYS}, one pass per iteration.
     V = 1 (centre clip, centre crop) unless multi_view, then V = test_clips * test_crops, clip-major."""
+    refuse_modalities(modalities)
     return DaliEvalLoader(shard_dir, split, clip, batch_size=batch_size, rank=rank, world_size=world_size,
                           multi_view=multi_view, device=device, num_threads=num_threads, build_missing_index=build_missing_index)

@@ -48,6 +48,19 @@ class EncodeInfo:
 
 
 @dataclass(frozen=True)
+class CompressedInfo:
+    """Compressed-domain members written with `make_shards --modalities` (pipeline/compressed.py).
+    Codec and GOP are the `encode` entry's: the modalities are read from the stored video."""
+
+    modalities: list[str]  # subset of mv, residual, iframe
+    segments: int  # K: I-frames per video on the segment grid
+    mv_block: int  # motion field cell size in pixels
+    members: dict[str, str]  # modality -> tar member extension, e.g. mv -> mv.npz
+    mv_source: str = "decoder export_mvs of the stored video"
+    residual: str = "int16 P-frame minus its motion-compensated previous frame"
+
+
+@dataclass(frozen=True)
 class SkippedSource:
     source: str
     reason: str
@@ -68,6 +81,7 @@ class Manifest:
     val_fraction: float
     skipped: list[SkippedSource] = field(default_factory=list)
     video_dirs: dict[str, str] = field(default_factory=dict)  # official split -> folder its videos came from
+    compressed: CompressedInfo | None = None  # absent (None) unless make_shards ran with --modalities
     format_version: int = FORMAT_VERSION
     shard_dir: Path | None = field(default=None, compare=False)  # where it was loaded from
 
@@ -99,6 +113,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("shard_dir")
+        if data["compressed"] is None:  # manifests without modalities keep their old shape
+            data.pop("compressed")
         return {"format_version": data.pop("format_version"), **data}
 
 
@@ -169,6 +185,18 @@ def manifest_from_dict(data: Any, where: Path) -> Manifest:
     video_dirs = _check(data.get("video_dirs", {}), dict, where, "video_dirs")  # absent in older manifests
     for split, folder in video_dirs.items():
         _check(folder, str, where, f"video_dirs.{split}")
+    compressed = None
+    if data.get("compressed") is not None:  # absent in older manifests and without --modalities
+        info = _check(data["compressed"], dict, where, "compressed")
+        modalities = _get(info, "modalities", list, where, "compressed.")
+        members = _get(info, "members", dict, where, "compressed.")
+        for name in modalities:
+            _check(name, str, where, "compressed.modalities[]")
+            if not isinstance(members.get(name), str):
+                raise ManifestError(f"{where}: key 'compressed.members.{name}' must name the tar member extension")
+        compressed = CompressedInfo(modalities=modalities, segments=_get(info, "segments", int, where, "compressed."),
+                                    mv_block=_get(info, "mv_block", int, where, "compressed."), members=members,
+                                    mv_source=str(info.get("mv_source", "")), residual=str(info.get("residual", "")))
     return Manifest(
         dataset=_get(data, "dataset", str, where),
         layout=_get(data, "layout", str, where),
@@ -183,6 +211,7 @@ def manifest_from_dict(data: Any, where: Path) -> Manifest:
         val_fraction=float(_get(data, "val_fraction", (int, float), where)),
         skipped=skipped,
         video_dirs=video_dirs,
+        compressed=compressed,
         format_version=version,
         shard_dir=where.parent)
 

@@ -5,7 +5,10 @@
 Official train videos are split per class (seeded) into `labelled` (--label-fraction, at least one
 per class), `val` (--val-fraction of the labelled part) and `unlabelled` (the rest); `test` is the
 official test split (the official val split for Kinetics and SSv2). Each sample is `<key>.mp4`
-(or `.webm` with --codec vp9) + `<key>.json` (docs/architecture.md section 2).
+(or `.webm` with --codec vp9) + `<key>.json` (docs/architecture.md section 2), and with
+--modalities mv,residual,iframe the compressed-domain members `<key>.mv.npz`, `<key>.residual.npz`,
+`<key>.iframe.npz` read from that stored video (pipeline/compressed.py; settings in the manifest's
+`compressed` entry).
 
 Videos are looked for where the layout's archives unpack (e.g. HMDB-51 in `videos/`, `hmdb51_org/`,
 the root or another folder below it; see pipeline/video_dirs.py); --videos-dir names the folder.
@@ -32,6 +35,7 @@ import re
 import sys
 import tarfile
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,10 +48,12 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from tqdm import tqdm
 
+from pipeline.compressed import (MEMBER_EXT, AllIntraWarning, CompressedSettings, NoMotionVectorsError, extract,
+                                  npz_bytes, parse_modalities)
 from pipeline.dali_index import write_index
 from pipeline.layouts import (LAYOUTS, LISTED_BUT_MISSING, DatasetListing, LayoutError, SourceVideo,
                               detect_layout, read_layout)
-from pipeline.manifest import (SPLITS, EncodeInfo, Manifest, ShardInfo, SkippedSource, SplitInfo,
+from pipeline.manifest import (SPLITS, CompressedInfo, EncodeInfo, Manifest, ShardInfo, SkippedSource, SplitInfo,
                                write_json_atomic, write_manifest)
 from pipeline.video_dirs import MissingVideosError, check_found
 from pipeline.video_encode import CODECS, EncodeSettings, encode_video_bytes, even_size
@@ -65,10 +71,27 @@ class ShardSettings:
     gop: int = 8
     max_frames: int | None = None
     min_frames: int = 8
+    modalities: tuple[str, ...] = ()  # compressed-domain members (pipeline/compressed.py); () = video only
+    segments: int = 4
+    mv_block: int = 4
+    on_no_mvs: str = "skip"  # a video whose codec exports no motion vectors: "skip" (recorded) or "error"
 
     @property
     def container(self) -> str:
         return CODECS[self.codec][1]
+
+    @property
+    def compressed(self) -> CompressedSettings:
+        return CompressedSettings(self.modalities, self.segments, self.mv_block)
+
+    def plan_fields(self) -> dict:
+        """What the shard plan hashes: without modalities, the fields shards had before they existed
+        (so shards written before --modalities stay complete for a rerun)."""
+        fields = asdict(self)
+        if not self.modalities:
+            for name in ("modalities", "segments", "mv_block", "on_no_mvs"):
+                fields.pop(name)
+        return fields
 
 
 @dataclass(frozen=True)
@@ -90,6 +113,10 @@ class ShardTask:
 
 class BadVideo(Exception):
     """A source that cannot become a sample; the message is the reason recorded in the manifest."""
+
+
+class NoMotionVectors(Exception):
+    """--on-no-mvs error: a video's codec exports no motion vectors; the message names the video."""
 
 
 class NothingEncoded(Exception):
@@ -156,7 +183,7 @@ def plan_shards(listing: DatasetListing, splits: dict[str, list[SourceVideo]], s
         random.Random(f"shard-order/{seed}/{split}").shuffle(samples)  # mix classes within each shard
         for start in range(0, len(samples), samples_per_shard):
             members = tuple(samples[start:start + samples_per_shard])
-            plan = json.dumps([asdict(settings), [(s.key, s.source.rel_path, s.label) for s in members]])
+            plan = json.dumps([settings.plan_fields(), [(s.key, s.source.rel_path, s.label) for s in members]])
             tasks.append(ShardTask(out_dir, f"{split}-{start // samples_per_shard:06d}", members, settings,
                                    hashlib.sha256(plan.encode()).hexdigest()))
     return tasks
@@ -318,12 +345,14 @@ def write_shard(task: ShardTask, on_video=None) -> dict:
     """Encode every sample of `task` into `<name>.tar.tmp`, rename, index, then write the sidecar."""
     tar_path, idx_path, sidecar_path = _paths(task)
     tmp_path = tar_path.with_name(tar_path.name + ".tmp")
-    members, skipped = [], []
+    members, skipped, warned = [], [], []
     settings = task.settings
     with tarfile.open(tmp_path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in task.samples:
             try:
                 video, frames, width, height = transcode(sample.source.path, settings)
+                modalities, messages = compressed_members(video, settings, sample.source.rel_path)
+                warned += messages
             except BadVideo as error:
                 skipped.append({"source": sample.source.rel_path, "reason": str(error)})
             except FileNotFoundError:
@@ -334,6 +363,8 @@ def write_shard(task: ShardTask, on_video=None) -> dict:
                         "fps": float(settings.fps), "width": width, "height": height, "split": sample.split}
                 _add_member(tar, f"{sample.key}.{settings.container}", video)
                 _add_member(tar, f"{sample.key}.json", json.dumps(meta).encode())
+                for ext, payload in modalities.items():
+                    _add_member(tar, f"{sample.key}.{ext}", payload)
                 members.append({"key": sample.key, "label": sample.label, "source": sample.source.rel_path,
                                 "frames": frames})
             if on_video is not None:
@@ -342,7 +373,7 @@ def write_shard(task: ShardTask, on_video=None) -> dict:
                 with _videos_done.get_lock():
                     _videos_done.value += 1
     sidecar = {"file": None, "samples": len(members), "bytes": 0, "sha256": None, "index": None,
-               "plan": task.plan_hash, "members": members, "skipped": skipped}
+               "plan": task.plan_hash, "members": members, "skipped": skipped, "warnings": warned}
     if members:
         with tmp_path.open("rb+") as handle:
             os.fsync(handle.fileno())
@@ -357,6 +388,25 @@ def write_shard(task: ShardTask, on_video=None) -> dict:
 
 
 # --- the job -------------------------------------------------------------------------------------
+
+def compressed_members(video: bytes, settings: ShardSettings, name: str) -> tuple[dict[str, bytes], list[str]]:
+    """The sample's compressed-domain members ({extension: npz bytes}) and the warnings raised making
+    them (an all-intra video: one, naming it). A codec without motion vectors: BadVideo (recorded as
+    skipped) or NoMotionVectors (stops the job), as settings.on_no_mvs says."""
+    if not settings.modalities:
+        return {}, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AllIntraWarning)
+        try:
+            arrays = extract(video, settings.compressed, name)
+        except NoMotionVectorsError as error:
+            if settings.on_no_mvs == "error":
+                raise NoMotionVectors(f"{error} (--on-no-mvs error; --on-no-mvs skip records it in the "
+                                      f"manifest's skipped list instead)") from None
+            raise BadVideo(str(error)) from None
+    messages = [str(item.message) for item in caught if issubclass(item.category, AllIntraWarning)]
+    return {MEMBER_EXT[name]: npz_bytes(arrays[name]) for name in settings.modalities}, messages
+
 
 def remove_stale_files(out_dir: Path, tasks: list[ShardTask]) -> list[str]:
     """Delete `.tmp` leftovers and shard files of an earlier plan that this plan does not have."""
@@ -378,6 +428,8 @@ def run_tasks(tasks: list[ShardTask], workers: int) -> dict[str, dict]:
             sidecars[task.name] = sidecar
             for item in sidecar["skipped"]:
                 bar.write(f"skipped {item['source']}: {item['reason']}")
+            for message in sidecar.get("warnings", []):
+                bar.write(f"warning: {message}")
         if workers <= 1:
             for task in tasks:
                 report(task, write_shard(task, on_video=lambda: bar.update(1)))
@@ -428,6 +480,9 @@ def build_manifest(listing: DatasetListing, tasks: list[ShardTask], sidecars: di
         splits=splits,
         encode=EncodeInfo(codec=settings.codec, container=settings.container, short_side=settings.short_side,
                           fps=float(settings.fps), gop=settings.gop),
+        compressed=(CompressedInfo(modalities=list(settings.modalities), segments=settings.segments,
+                                   mv_block=settings.mv_block, members={m: MEMBER_EXT[m] for m in settings.modalities})
+                    if settings.modalities else None),
         seed=args.seed, label_fraction=args.label_fraction, val_fraction=args.val_fraction, skipped=skipped,
         video_dirs={split: str(path) for split, path in listing.video_dirs.items()})
 
@@ -499,7 +554,9 @@ def make_shards(args: argparse.Namespace) -> Manifest | None:
         print(f"videos of official {' and '.join(official)}: {folder} ({found} found)")
     out_dir = Path(args.out)
     settings = ShardSettings(dataset=args.name or out_dir.name, codec=args.codec, short_side=args.short_side,
-                             fps=args.fps, gop=args.gop, max_frames=args.max_frames, min_frames=args.min_frames)
+                             fps=args.fps, gop=args.gop, max_frames=args.max_frames, min_frames=args.min_frames,
+                             modalities=args.modalities, segments=args.segments, mv_block=args.mv_block,
+                             on_no_mvs=args.on_no_mvs)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", settings.dataset):
         raise SystemExit(f"--name {settings.dataset!r}: use letters, digits, '_' and '-' only (keys hold no dots)")
     splits, skipped = assign_splits(listing, args.label_fraction, args.val_fraction, args.seed)
@@ -538,6 +595,13 @@ def make_shards(args: argparse.Namespace) -> Manifest | None:
     print(f"  skipped    {len(manifest.skipped):>7}" + "".join(f"  [{n} {r}]" for r, n in reasons.most_common()))
     print(f"manifest: {out_dir / 'manifest.json'}")
     return manifest
+
+
+def _modalities_arg(text: str) -> tuple[str, ...]:
+    try:
+        return parse_modalities(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -581,6 +645,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gop", type=int, default=8, help="frames between keyframes (small = cheap clip seeking)")
     parser.add_argument("--max-frames", type=int, default=None, help="keep at most this many output frames per video")
     parser.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer output frames than this")
+    parser.add_argument("--modalities", type=_modalities_arg, default=(),
+                        help="compressed-domain members to store beside each video, comma-separated from "
+                             "mv,residual,iframe (default: none). Read from the stored video: motion vectors "
+                             "exported by the decoder, residuals = P-frame minus its motion-compensated "
+                             "reference, I-frames on the segment grid (pipeline/compressed.py)")
+    parser.add_argument("--segments", type=int, default=4,
+                        help="with --modalities: K segments per video (one I-frame each)")
+    parser.add_argument("--mv-block", type=int, default=4,
+                        help="with --modalities: motion-vector field cell size in pixels")
+    parser.add_argument("--on-no-mvs", choices=("skip", "error"), default="skip",
+                        help="with --modalities: a video whose codec exports no motion vectors (e.g. vp9) is "
+                             "skipped and named in the manifest's skipped list (skip) or stops the job (error)")
     parser.add_argument("--samples-per-shard", type=int, default=64, help="videos per tar shard")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes (one shard per task)")
     parser.add_argument("--hflip-changes-label", action=argparse.BooleanOptionalAction, default=None,
@@ -592,7 +668,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("label_fraction", "val_fraction", "max_missing_fraction"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             parser.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
-    for flag in ("short_side", "fps", "gop", "samples_per_shard", "workers"):
+    for flag in ("short_side", "fps", "gop", "samples_per_shard", "workers", "segments", "mv_block"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     return args
@@ -605,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     except LayoutError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (MissingVideosError, NothingEncoded) as error:
+    except (MissingVideosError, NothingEncoded, NoMotionVectors) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
