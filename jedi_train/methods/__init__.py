@@ -30,6 +30,10 @@ METHODS: dict[str, MethodEntry] = {
                                         "JEDI with no gradient into foreign backbones"),
     "jedi_soft": MethodEntry(partial(jedi.build, "jedi_soft"), "JEDI with soft (KL) targets"),
     "jedi_hard": MethodEntry(partial(jedi.build, "jedi_hard"), "JEDI with hard pseudo-labels above jedi.threshold"),
+    "jedi_fit": MethodEntry(partial(jedi.build, "jedi_fit"), "JEDI with teacher heads fitted on the labelled "
+                            "features they read (logistic regression) instead of starting as the experts' heads"),
+    "self_training_fit": MethodEntry(partial(jedi.build, "self_training_fit"), "the control with its teacher "
+                                     "heads fitted the same way (on its own student's features)"),
     "joint_supervised": MethodEntry(joint_supervised.build, "one backbone shared by all datasets, a head each, "
                                     "labelled clips only"),
     "fixmatch": MethodEntry(fixmatch.build, "FixMatch per dataset: the student's confident weak-view "

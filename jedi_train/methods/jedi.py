@@ -10,6 +10,9 @@ experts and read the same batches in the same order:
   jedi_no_foreign_grad  jedi with the gradient path into foreign backbones closed
   jedi_soft, jedi_hard  jedi with soft (KL) or hard (thresholded pseudo-label) targets, whatever
                         jedi.distillation says: the targets ablation
+  jedi_fit, self_training_fit  jedi and the control with teacher_init=fit whatever jedi.teacher_init says:
+                        each teacher head starts as a logistic regression on the features it reads (for
+                        JEDI all experts' features), as the multi-teacher KD baselines' maps do
 
 The step itself is `JediModel.forward` (jedi_train/jedi.py); this module adapts it to the loop.
 """
@@ -48,6 +51,7 @@ class Arm:
     unlabelled: bool  # learns from unlabelled clips (distillation term)
     foreign_grad: bool  # the teacher losses' gradient reaches foreign backbones (scaled by jedi.foreign_grad_scale)
     distillation: str | None = None  # soft | hard; None: jedi.distillation
+    teacher_init: str | None = None  # expert | fit; None: jedi.teacher_init
 
 
 ARMS = {
@@ -57,6 +61,8 @@ ARMS = {
     "jedi_no_foreign_grad": Arm(teacher_inputs="all", unlabelled=True, foreign_grad=False),
     "jedi_soft": Arm(teacher_inputs="all", unlabelled=True, foreign_grad=True, distillation="soft"),
     "jedi_hard": Arm(teacher_inputs="all", unlabelled=True, foreign_grad=True, distillation="hard"),
+    "jedi_fit": Arm(teacher_inputs="all", unlabelled=True, foreign_grad=True, teacher_init="fit"),
+    "self_training_fit": Arm(teacher_inputs="own", unlabelled=True, foreign_grad=False, teacher_init="fit"),
 }
 
 
@@ -109,7 +115,7 @@ class JediMethod(JediModel, Method):
         return sources, [self.backbones[j] for j in sources], head
 
     def setup(self, context: TrainContext) -> None:
-        if self.cfg.teacher_init != "fit":
+        if (self.arm.teacher_init or self.cfg.teacher_init) != "fit":
             return
         from jedi_train.cached_teacher import fit_teacher_heads
         fit = fit_teacher_heads(self.to(context.accelerator.device), context.streams, context.accelerator,
