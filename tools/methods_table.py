@@ -147,7 +147,8 @@ def fraction_table(by_fraction: dict[int, list[dict]], samples: int) -> tuple[li
         cell = lambda t: f"{t['mean']:+.1f} [{t['ci95'][0]:+.1f}, {t['ci95'][1]:+.1f}], p = {t['p']:.2g}"  # noqa: E731
         means = {m: fmt([top1(r, at_end(m)) for r in runs]) for m in
                  ("expert", "self_training_student", "jedi_student", "self_training_teacher", "jedi_teacher")}
-        lines.append(f"| {pct} % | {means['expert']} | {means['self_training_student']} | {means['jedi_student']} | "
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {pct} % (seeds {seeds}) | {means['expert']} | {means['self_training_student']} | {means['jedi_student']} | "
                      f"{cell(students)} | {means['self_training_teacher']} | {means['jedi_teacher']} | {cell(teachers)} |")
     return lines, results
 
@@ -194,8 +195,11 @@ def main(argv=None) -> dict:
     runs = [load(args.runs_dir / f"methods_seed{s}") for s in args.seeds]
     table, rows = main_table(runs, args.bootstrap)
     control_lines, controls = control_table(runs, args.bootstrap)
-    by_fraction = {pct: [load(args.runs_dir / f"methods_seed{s}_labels{pct}") for s in args.seeds]
-                   for pct in args.fractions}
+    by_fraction = {}  # a fraction's row uses the seeds whose run has finished; the row names them
+    for pct in args.fractions:
+        finished = [s for s in args.seeds if (args.runs_dir / f"methods_seed{s}_labels{pct}" / "predictions.json").is_file()]
+        if finished:
+            by_fraction[pct] = [load(args.runs_dir / f"methods_seed{s}_labels{pct}") for s in finished]
     fraction_lines, fractions = fraction_table(by_fraction, args.bootstrap) if by_fraction else ([], {})
     chart = args.out.parent / "results_methods.png"
     save_chart(rows, chart, args.seeds)
