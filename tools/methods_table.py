@@ -163,7 +163,8 @@ def save_chart(rows: list[dict], path: Path, seeds: list[int]) -> None:
     for i, row in enumerate(rows[::-1]):  # each seed's value as a dot
         ax.scatter(row["mean"], [i] * len(row["mean"]), s=8, color="black", zorder=3)
     ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel(f"test top-1 %, mean of the four datasets (bars: mean ± std over seeds {seeds}; dots: seeds)")
+    ax.set_xlabel(f"test top-1 %, four-dataset mean, end of schedule\n(bars: mean ± std over seeds "
+                  f"{', '.join(map(str, seeds))}; dots: each seed)", fontsize=9)
     low = min(min(row["mean"]) for row in rows)
     ax.set_xlim(max(0, low - 10), min(100, max(max(row["mean"]) for row in rows) + 5))
     ax.grid(axis="x", alpha=0.3)
