@@ -223,7 +223,8 @@ def main(argv=None) -> dict:
         "test clips, then a bootstrap over seeds and clips: mean, 95 % interval, two-sided p); the four-dataset mean "
         "when each dataset's model is taken at its own best validation epoch, the experts' epoch included (with "
         "11 val clips per class the experts' best-of-16 val score is hard to beat, so this column stays near the "
-        "experts' row); training wall time per seed on this machine (validation included).",
+        "experts' row); training wall time per seed on this machine (validation included; measured while other jobs "
+        "shared its 2 cores, so compare methods within a seed, not across machines).",
         "",
         *table,
         "",
