@@ -196,8 +196,9 @@ def _set_dotted(tree: dict, dotted: str, raw_value: str) -> None:
     node[leaf] = yaml.safe_load(raw_value) if raw_value != "" else ""
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """YAML file (optional) then `a.b=value` overrides, validated into a RunConfig."""
+def read_tree(path: str | Path | None, overrides: list[str], example: str) -> dict:
+    """The YAML file's mapping (optional) with the `a.b=value` overrides applied, not yet validated.
+    `example` is the override the error for a malformed one shows."""
     tree: dict = {}
     if path:
         path = Path(path)
@@ -208,10 +209,15 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. schedule.epochs=5)")
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. {example})")
         key, raw_value = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw_value)
-    config = build(RunConfig, tree)
+    return tree
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """YAML file (optional) then `a.b=value` overrides, validated into a RunConfig."""
+    config = build(RunConfig, read_tree(path, overrides, "schedule.epochs=5"))
     if not config.datasets:
         raise ConfigError("datasets is empty: name at least one dataset with its shards directory")
     for name, dataset in config.datasets.items():

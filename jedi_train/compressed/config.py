@@ -7,9 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from jedi_train.config import ConfigError, _set_dotted, build
+from jedi_train.config import ConfigError, build, read_tree
 
 
 @dataclass
@@ -73,19 +71,7 @@ def _merge(base: dict, update: dict, prefix: str = "") -> dict:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> CompressedConfig:
     """Defaults <- YAML file (optional) <- `a.b=value` overrides, validated into a CompressedConfig."""
-    tree: dict = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        tree = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. exits.epochs=6)")
-        key, raw_value = item.split("=", 1)
-        _set_dotted(tree, key.strip(), raw_value)
+    tree = read_tree(path, overrides, "exits.epochs=6")
     config = build(CompressedConfig, _merge(dataclasses.asdict(CompressedConfig()), tree))
     if not config.shards:
         raise ConfigError("shards is not set: give the shard folder (make_shards --modalities mv,residual,iframe)")
