@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from summarize_runs import correct_vectors, mcnemar_exact, paired_bootstrap  # noqa: E402
+from summarize_runs import load_run, paired_test  # noqa: E402
 
 BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 REFERENCE = "jedi_student"
@@ -29,15 +28,11 @@ VIEW = "single_clip"
 
 
 def load(run: Path) -> dict:
-    for name in ("metrics.json", "predictions.json"):
-        if not (run / name).is_file():
-            raise SystemExit(f"{run / name} is missing: scripts/methods_table.sh trains and tests that run")
-    report = json.loads((run / "metrics.json").read_text())
-    seconds = {}
-    for best_val in run.glob("*/best_val.json"):
-        seconds[best_val.parent.name] = json.loads(best_val.read_text()).get("train_seconds")
-    return {"seed": report["seed"], "metrics": report["metrics"], "config": report.get("config", {}),
-            "predictions": json.loads((run / "predictions.json").read_text()), "seconds": seconds}
+    """A run as tools/summarize_runs.py reads it, plus each method's train time (`<method>/best_val.json`)."""
+    loaded = load_run(run)
+    loaded["seconds"] = {best_val.parent.name: json.loads(best_val.read_text()).get("train_seconds")
+                         for best_val in run.glob("*/best_val.json")}
+    return loaded
 
 
 def models_of(runs: list[dict], final: bool) -> list[str]:
@@ -56,18 +51,10 @@ def top1(run: dict, model: str, dataset: str | None = None) -> float:
 
 
 def paired(runs: list[dict], a: str, b: str, samples: int) -> dict:
-    """a - b on the four-dataset mean: per seed, the paired bootstrap over seeds and clips, McNemar per seed."""
-    datasets = list(runs[0]["metrics"])
-    per_seed, diffs, mcnemar = [], [], []
-    for run in runs:
-        va, vb = correct_vectors(run, a, VIEW), correct_vectors(run, b, VIEW)
-        diffs.append({d: va[d].astype(np.int16) - vb[d] for d in datasets})
-        per_seed.append(100.0 * float(np.mean([diffs[-1][d].mean() for d in datasets])))
-        mcnemar.append(mcnemar_exact(np.concatenate(list(va.values())), np.concatenate(list(vb.values())))[2])
-    draws = paired_bootstrap(diffs, samples, seed=0)
-    p = float(min(1.0, 2 * (min((draws <= 0).sum(), (draws >= 0).sum()) + 1) / (samples + 1)))
-    return {"mean": statistics.mean(per_seed), "per_seed": per_seed, "p": p, "mcnemar_p": mcnemar,
-            "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]}
+    """a - b on the four-dataset mean (tools/summarize_runs.py's paired test), in this table's short keys."""
+    test = paired_test(runs, a, b, VIEW, samples)
+    return {"mean": test["mean_difference"], "per_seed": test["per_seed"], "p": test["bootstrap_p"],
+            "mcnemar_p": [m["p"] for m in test["mcnemar"]], "ci95": test["bootstrap_ci95"]}
 
 
 def method_of(model: str) -> str:

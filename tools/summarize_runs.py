@@ -37,7 +37,7 @@ def load_run(run: Path) -> dict:
         if not (run / name).is_file():
             raise SystemExit(f"{run / name} is missing: run the eval stage of that run first")
     metrics = json.loads((run / "metrics.json").read_text())
-    return {"seed": metrics["seed"], "metrics": metrics["metrics"],
+    return {"seed": metrics["seed"], "metrics": metrics["metrics"], "config": metrics.get("config", {}),
             "predictions": json.loads((run / "predictions.json").read_text())}
 
 
@@ -74,6 +74,26 @@ def paired_bootstrap(diffs: list[dict[str, np.ndarray]], samples: int, seed: int
     return draws
 
 
+def paired_test(runs: list[dict], a: str, b: str, view: str, samples: int, alpha: float = 0.05) -> dict:
+    """Model a minus model b on the four-dataset mean top-1, paired on the same test clips: per seed, McNemar's
+    exact test per seed, and the paired bootstrap over seeds and clips (95 % interval, two-sided p)."""
+    datasets = list(runs[0]["metrics"])
+    per_seed, mcnemar, diffs = [], [], []
+    for run in runs:
+        va, vb = correct_vectors(run, a, view), correct_vectors(run, b, view)
+        diffs.append({d: va[d].astype(np.int16) - vb[d] for d in datasets})
+        per_seed.append(100.0 * float(np.mean([diffs[-1][d].mean() for d in datasets])))
+        only_a, only_b, p = mcnemar_exact(np.concatenate(list(va.values())), np.concatenate(list(vb.values())))
+        mcnemar.append({"seed": run["seed"], "only_a": only_a, "only_b": only_b, "p": p})
+    draws = paired_bootstrap(diffs, samples, seed=0)
+    # two-sided, with the +1 correction: never 0 from a finite number of draws
+    p_boot = float(min(1.0, 2 * (min((draws <= 0).sum(), (draws >= 0).sum()) + 1) / (samples + 1)))
+    return {"a": a, "b": b, "mean_difference": statistics.mean(per_seed), "per_seed": per_seed,
+            "a_wins_every_seed": all(x > 0 for x in per_seed), "mcnemar": mcnemar,
+            "bootstrap_ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+            "bootstrap_p": p_boot, "significant": bool(p_boot < alpha)}
+
+
 def summarize(runs: list[dict], view: str, samples: int, alpha: float) -> dict:
     datasets = list(runs[0]["metrics"])
     models = [m for m in MODELS if all(m in r["metrics"][d] for r in runs for d in datasets)]
@@ -86,24 +106,7 @@ def summarize(runs: list[dict], view: str, samples: int, alpha: float) -> dict:
             else:
                 values = [r["metrics"][row][model][view]["top1"] for r in runs]
             table[row][model] = {"mean": statistics.mean(values), "std": statistics.pstdev(values), "per_seed": values}
-    tests = []
-    for a, b in COMPARISONS:
-        if a not in models or b not in models:
-            continue
-        per_seed, mcnemar, diffs = [], [], []
-        for run in runs:
-            va, vb = correct_vectors(run, a, view), correct_vectors(run, b, view)
-            diffs.append({d: va[d].astype(np.int16) - vb[d] for d in datasets})
-            per_seed.append(100.0 * float(np.mean([diffs[-1][d].mean() for d in datasets])))
-            only_a, only_b, p = mcnemar_exact(np.concatenate(list(va.values())), np.concatenate(list(vb.values())))
-            mcnemar.append({"seed": run["seed"], "only_a": only_a, "only_b": only_b, "p": p})
-        draws = paired_bootstrap(diffs, samples, seed=0)
-        # two-sided, with the +1 correction: never 0 from a finite number of draws
-        p_boot = float(min(1.0, 2 * (min((draws <= 0).sum(), (draws >= 0).sum()) + 1) / (samples + 1)))
-        tests.append({"a": a, "b": b, "mean_difference": statistics.mean(per_seed), "per_seed": per_seed,
-                      "a_wins_every_seed": all(x > 0 for x in per_seed), "mcnemar": mcnemar,
-                      "bootstrap_ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
-                      "bootstrap_p": p_boot, "significant": bool(p_boot < alpha)})
+    tests = [paired_test(runs, a, b, view, samples, alpha) for a, b in COMPARISONS if a in models and b in models]
     return {"view": view, "seeds": [r["seed"] for r in runs], "models": models, "table": table, "tests": tests,
             "alpha": alpha, "bootstrap_samples": samples}
 
