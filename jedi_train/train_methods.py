@@ -148,7 +148,7 @@ def train_method(config: RunConfig, accelerator: Accelerator, streams: Streams, 
                 unlabelled_clips={n: clips(unl[n]) for n in names} if unl else None,
                 unlabelled_student_clips={n: clips(unl[n], "strong_video") for n in names} if strong else None,
                 unlabelled_true_labels={n: unl[n]["label"].to(device) for n in names} if unl else None,
-                labelled_batches=lab, unlabelled_batches=unl, step=progress.step, epoch=epoch))
+                labelled_batches=lab, unlabelled_batches=unl, step=progress.step))
             # every rank must take the same decision: skip on a non-finite loss anywhere, stop on a signal anywhere
             flags = accelerator.reduce(torch.tensor([float(not torch.isfinite(losses["loss"])), float(stop.requested)],
                                                     device=device), reduction="sum")

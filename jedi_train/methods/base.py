@@ -43,7 +43,6 @@ class StepBatch:
     labelled_batches: dict[str, dict] = field(default_factory=dict)  # the loader's batches (sample keys)
     unlabelled_batches: dict[str, dict] = field(default_factory=dict)
     step: int = 0  # optimiser steps taken before this one
-    epoch: int = 0
 
     @property
     def student_view(self) -> dict[str, torch.Tensor] | None:
